@@ -1,0 +1,27 @@
+"""SpectraQLoRA core: stage interfaces, plugin registry, config, pipeline, training loop and CLI.
+
+Plugin authors need :data:`hookimpl` and the stage bases in :mod:`spectra_core.strategies`.
+"""
+
+from .hookspecs import hookimpl
+from .plan import AdapterPlan, ModulePlan, PlanChange
+from .scores import ModuleScore, Scores
+from .strategies import (
+    Allocator,
+    Exporter,
+    GradientMerger,
+    Method,
+    Quantizer,
+    Rebalancer,
+    Scorer,
+    StrategyOptions,
+    TargetModule,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterPlan", "Allocator", "Exporter", "GradientMerger", "Method", "ModulePlan", "ModuleScore",
+    "PlanChange", "Quantizer", "Rebalancer", "Scorer", "Scores", "StrategyOptions", "TargetModule",
+    "hookimpl", "__version__",
+]

@@ -1,0 +1,3 @@
+from spectra_core.cli import main
+
+main()

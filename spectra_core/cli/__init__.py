@@ -1,0 +1,38 @@
+"""The ``spectra`` command line. Each command group lives in its own module of this package."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from spectra_core.errors import SpectraError
+
+app = typer.Typer(help="SpectraQLoRA: spend LoRA capacity where the weights carry signal.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _register() -> None:
+    from . import config_cmd, info  # noqa: F401  (commands register themselves on `app`)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI; user errors print a message and exit 2, without a traceback."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except SpectraError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.secho("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,177 @@
+"""The adapter plan: per target module, whether it trains, its rank, alpha, LR scale and group.
+
+The plan is the contract between allocation, training, rebalancing and export. It is plain data:
+saved as JSON, printed as a table, diffed between versions, and its ``history`` records every change
+a gradient merger or rebalancer made, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .atomic import write_text
+from .errors import InputError
+
+PLAN_SCHEMA_VERSION = 1
+
+
+class ModulePlan(BaseModel):
+    """What happens to one target module (a linear layer peft can adapt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: str
+    shape: tuple[int, int] = Field(description="(out_features, in_features) of the base weight.")
+    active: bool = Field(description="True: its LoRA trains. False: frozen (no LoRA, or a frozen one).")
+    rank: int = Field(ge=0)
+    alpha: float = Field(ge=0)
+    lr_scale: float = Field(default=1.0, ge=0)
+    tier: str | None = None
+    group: str | None = Field(default=None, description="Modules with the same group share one LoRA.")
+    score: float | None = None
+
+    def lora_params(self) -> int:
+        """Trainable parameters of this module's own LoRA (A: r×in, B: out×r)."""
+        out_f, in_f = self.shape
+        return self.rank * (in_f + out_f) if self.active else 0
+
+
+class PlanChange(BaseModel):
+    """One recorded change to a module's plan entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int
+    strategy: str
+    module: str
+    field: str
+    before: Any
+    after: Any
+    reason: str
+
+
+class AdapterPlan(BaseModel):
+    """Per-module adaptation decisions plus their history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = PLAN_SCHEMA_VERSION
+    method: str | None = None
+    allocator: str
+    mode: Literal["targeted", "all-inactive"] = Field(
+        default="targeted",
+        description="targeted: LoRA only on active modules. all-inactive: LoRA on every target, "
+        "inactive ones frozen, so activation can change without rebuilding the model.",
+    )
+    use_rslora: bool = Field(default=False, description="Scale updates by alpha/sqrt(r) instead of alpha/r.")
+    modules: dict[str, ModulePlan]
+    history: list[PlanChange] = Field(default_factory=list)
+
+    # ----- views -------------------------------------------------------------------------------
+    def active(self) -> list[ModulePlan]:
+        return [m for m in self.modules.values() if m.active]
+
+    def injected(self) -> list[ModulePlan]:
+        """Modules that carry a LoRA layer in the model."""
+        if self.mode == "all-inactive":
+            return [m for m in self.modules.values() if m.rank > 0]
+        return [m for m in self.modules.values() if m.active and m.rank > 0]
+
+    def trainable_parameters(self) -> int:
+        """LoRA parameters the optimizer sees; a group's shared LoRA counts once."""
+        seen: set[str] = set()
+        total = 0
+        for m in self.active():
+            if m.group is not None:
+                if m.group in seen:
+                    continue
+                seen.add(m.group)
+            total += m.lora_params()
+        return total
+
+    def groups(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for m in self.modules.values():
+            if m.group is not None:
+                out.setdefault(m.group, []).append(m.name)
+        return out
+
+    # ----- changes -----------------------------------------------------------------------------
+    def update(self, module: str, *, step: int, strategy: str, reason: str, **fields: Any) -> None:
+        """Change fields of one module and record each change in the history."""
+        entry = self.modules[module]
+        for key, value in fields.items():
+            before = getattr(entry, key)
+            if before == value:
+                continue
+            setattr(entry, key, value)
+            self.history.append(PlanChange(step=step, strategy=strategy, module=module, field=key,
+                                           before=before, after=value, reason=reason))
+
+    def diff(self, other: AdapterPlan) -> list[str]:
+        """Human-readable differences from ``self`` to ``other``, one line per changed field."""
+        lines: list[str] = []
+        for name in sorted(set(self.modules) | set(other.modules)):
+            a, b = self.modules.get(name), other.modules.get(name)
+            if a is None or b is None:
+                lines.append(f"{'+' if a is None else '-'} {name}")
+                continue
+            for key in ("active", "rank", "alpha", "lr_scale", "tier", "group"):
+                va, vb = getattr(a, key), getattr(b, key)
+                if va != vb:
+                    lines.append(f"~ {name}.{key}: {va!r} -> {vb!r}")
+        return lines
+
+    # ----- peft --------------------------------------------------------------------------------
+    def lora_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``peft.LoraConfig`` that realise this plan (ranks via rank_pattern)."""
+        injected = self.injected()
+        if not injected:
+            raise InputError("the adapter plan adapts no module",
+                             hint="lower the selection threshold or check the allocator's target types")
+        base = max((m.rank for m in injected), key=[m.rank for m in injected].count)
+        base_alpha = max((m.alpha for m in injected), key=[m.alpha for m in injected].count)
+        return {
+            "r": base,
+            "lora_alpha": base_alpha,
+            "target_modules": [f"{m.name}" for m in injected],
+            "rank_pattern": {_exact(m.name): m.rank for m in injected if m.rank != base},
+            "alpha_pattern": {_exact(m.name): m.alpha for m in injected if m.alpha != base_alpha},
+            "use_rslora": self.use_rslora,
+        }
+
+    # ----- files -------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+    def save(self, path: Path) -> Path:
+        return write_text(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> AdapterPlan:
+        path = Path(path)
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError as exc:
+            raise InputError(f"plan file not found: {path}", hint="run `spectra plan CONFIG` first") from exc
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise InputError(f"{path} is not a valid adapter plan: {exc}") from exc
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows for printing: one per module, in plan order."""
+        return [
+            {"module": m.name, "type": m.type, "active": m.active, "rank": m.rank, "alpha": m.alpha,
+             "lr_scale": m.lr_scale, "tier": m.tier, "group": m.group, "score": m.score}
+            for m in self.modules.values()
+        ]
+
+
+def _exact(name: str) -> str:
+    """A peft pattern key matching exactly this module (peft anchors keys as ``(.*\\.)?(key)$``)."""
+    return re.escape(name)

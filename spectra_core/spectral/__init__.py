@@ -1,0 +1,1 @@
+"""Spectral scan: weight sources, spectra, scores, selection and the Spectrum file formats."""

@@ -1,0 +1,21 @@
+"""Module types as the Spectrum reference defines them."""
+
+from __future__ import annotations
+
+
+def module_type(name: str) -> str:
+    """The dotted suffix after the first all-digit component; a name without one is its own type.
+
+    ``model.layers.7.self_attn.q_proj`` → ``self_attn.q_proj``;
+    ``model.layers.3.mlp.experts.12.down_proj`` → ``mlp.experts.12.down_proj``; ``lm_head`` → ``lm_head``.
+    """
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[i + 1:])
+    return name
+
+
+def layer_index(name: str) -> int | None:
+    """The first all-digit component of a module name (its layer), or None."""
+    return next((int(p) for p in name.split(".") if p.isdigit()), None)
