@@ -79,10 +79,15 @@ class TrainingSession(Protocol):
     optimizer: torch.optim.Optimizer
     step: int
 
-    def calibration_batches(self, n: int) -> Iterable[dict[str, torch.Tensor]]: ...
-    def lora_modules(self) -> dict[str, torch.nn.Module]: ...
-    def effective_weights(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]: ...
-    def rebuild_optimizer(self) -> None: ...
+    def calibration_batches(self, n: int) -> Iterable[dict[str, torch.Tensor]]:
+        """``n`` training batches (input_ids, attention_mask, labels), deterministic for the seed."""
+    def lora_modules(self) -> dict[str, torch.nn.Module]:
+        """Base-model module name → its peft LoRA layer (``lora_A``/``lora_B`` inside)."""
+    def effective_weights(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, float32 base weight + LoRA delta), one module at a time (4-bit bases dequantized)."""
+    def apply_plan(self) -> None:
+        """Make requires_grad and the optimizer's param groups follow ``plan`` (active, lr_scale);
+        optimizer state of parameters that keep their shape is preserved."""
 
 
 class RunArtifacts(Protocol):
