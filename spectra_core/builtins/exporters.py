@@ -1,5 +1,9 @@
-"""Built-in exporters: the deliverables of a run."""
+"""Built-in exporters: the deliverables of a run (implementations in :mod:`spectra_core.export`)."""
 
 from __future__ import annotations
 
-EXPORTERS: list[type] = []
+from spectra_core.export.adapter import PeftAdapterExporter
+from spectra_core.export.merged import MergedExporter
+from spectra_core.export.report import ReportExporter
+
+EXPORTERS: list[type] = [PeftAdapterExporter, MergedExporter, ReportExporter]

@@ -14,6 +14,7 @@ app = typer.Typer(help="SpectraQLoRA: spend LoRA capacity where the weights carr
 
 def _register() -> None:
     from . import config_cmd, info  # noqa: F401  (commands register themselves on `app`)
+    from . import export  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:
