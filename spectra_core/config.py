@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .registry import Registry, get_registry
 from .strategies import STAGES, Stage
 
+STAGE_KEYS: dict[str, Stage] = {**{s: s for s in STAGES}, "exporters": "exporter"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUNDLED_PREFIX = "bundled:"
 
@@ -224,7 +225,8 @@ def _real_path(data: Any, loc: tuple[Any, ...]) -> list[str | int]:
     return out or list(loc)
 
 
-def format_validation_error(exc: ValidationError, data: dict[str, Any], node: yaml.Node | None, source: str) -> str:
+def format_validation_error(exc: ValidationError, data: dict[str, Any], node: yaml.Node | None, source: str,
+                            registry: Registry) -> str:
     lines = [f"{source}: {exc.error_count()} error(s)"]
     for err in exc.errors():
         path = _real_path(data, err["loc"])
@@ -234,7 +236,16 @@ def format_validation_error(exc: ValidationError, data: dict[str, Any], node: ya
         line = _line_of(node, path)
         at = f" (line {line})" if line else ""
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        stage = next((p for p in path if isinstance(p, str) and p in STAGE_KEYS), None)
+        if stage and err["type"] in ("union_tag_invalid", "literal_error") and (
+                err["type"] == "union_tag_invalid" or path[-1] == "name"):
+            given = err["input"].get("name") if isinstance(err["input"], dict) else err["input"]
+            names = ", ".join(sorted(registry.strategies[STAGE_KEYS[stage]]))
+            msg = f"unknown {STAGE_KEYS[stage]} {given!r}; available: {names}"
+            path = [p for p in path if p != "name"]
+            where, line = ".".join(str(p) for p in path), _line_of(node, path)
+            at = f" (line {line})" if line else ""
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key; remove it or check its spelling (`spectra config schema` lists valid keys)"
         lines.append(f"  {where}{at}: {msg}")
     return "\n".join(lines)
@@ -256,7 +267,7 @@ def load_config(path: Path | None = None, *, data: dict[str, Any] | None = None,
     try:
         return config_model(registry).model_validate(full)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, full, node, str(path or "config")),
+        raise ConfigError(format_validation_error(exc, full, node, str(path or "config"), registry),
                           hint="see `spectra config schema` for every key and its type") from None
 
 

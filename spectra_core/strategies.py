@@ -62,6 +62,20 @@ class WeightSource(Protocol):
     def __len__(self) -> int: ...
 
 
+class SessionWeights:
+    """A :class:`WeightSource` over a session's effective weights (base + LoRA delta), read lazily."""
+
+    def __init__(self, session: TrainingSession, names: list[str]) -> None:
+        self.session, self.names = session, list(names)
+        self.fingerprint = f"session-step-{session.step}"
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter(self.session.effective_weights(self.names))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 class TargetModule(BaseModel):
     """A linear layer of the loaded model that peft can adapt."""
 

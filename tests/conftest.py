@@ -1,0 +1,35 @@
+"""Shared test set-up: one torch thread (2-core CI box), offline hub, a private spectra cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SPECTRUM_REFERENCE = REPO.parent / "shared" / "spectrum-reference"
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``python -m spectra_core ARGS`` as a real subprocess; returns CompletedProcess."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 600):
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        return subprocess.run([sys.executable, "-m", "spectra_core", *map(str, args)], capture_output=True,
+                              text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def spectrum_reference() -> Path:
+    if not SPECTRUM_REFERENCE.is_dir():
+        pytest.skip("../shared/spectrum-reference is not present")
+    return SPECTRUM_REFERENCE
