@@ -71,7 +71,7 @@ def test_bad_values_are_reported_with_their_path(tmp_path, model_dir, extra, exp
 
 
 def test_errors_carry_line_numbers(tmp_path, model_dir):
-    with pytest.raises(ConfigError, match=r"allocator.options.rank \(line 8\)"):
+    with pytest.raises(ConfigError, match=r"allocator.options.rank \(line 9\)"):
         load_config(_write(tmp_path, _base(model_dir) + "allocator:\n  options:\n    rank: -1\n"))
 
 
