@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,9 +90,10 @@ def test_hook_returning_non_list(run_cli, tmp_path):
 
 def test_example_plugin_installs_and_is_usable_by_name(run_cli, tmp_path):
     """The examples/ plugin, pip-installed into its own target dir, is found and used from a config."""
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "src"
+    shutil.copytree(REPO / "examples" / "spectra-stable-rank", source)  # pip builds in the source tree
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(REPO / "examples" / "spectra-stable-rank")],
+                    "--target", str(target), str(source)],
                    check=True, capture_output=True)
     rows = {r["name"]: r for r in _plugins_json(run_cli, **_env(target))}
     assert rows["stable-rank"]["distribution"] == "spectra-stable-rank"
