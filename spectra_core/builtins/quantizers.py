@@ -1,4 +1,14 @@
-"""Built-in quantizers: how the frozen base model is loaded."""
+"""Built-in quantizers: how the frozen base model is loaded.
+
+* ``none``: float32/bfloat16/float16 base.
+* ``bnb-nf4``: bitsandbytes 4-bit NF4 (double quantization), the classic QLoRA base.
+* ``torchao-nf4``: torchao's ``NF4Tensor`` weights inside plain ``nn.Linear`` layers; peft's stock
+  LoRA ``Linear`` wraps them (``F.linear`` dispatches to NF4 dequantize + matmul), no custom layer.
+
+Every loader reads safetensors only (``use_safetensors=True``) and runs remote code only when the
+config says so. :func:`base_bytes_per_param` gives the storage cost of a quantized weight, used by
+``spectra plan`` and reports to estimate memory.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,22 @@ from pydantic import Field
 
 from spectra_core.strategies import Quantizer, StrategyOptions
 
+Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
+NF4_BLOCK = 64
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _device_map() -> str:
+    import torch
+
+    return "auto" if torch.cuda.is_available() else "cpu"
+
 
 class NoQuantizer(Quantizer):
     """No quantization: the base stays in float32 or bfloat16."""
@@ -16,15 +42,126 @@ class NoQuantizer(Quantizer):
     name = "none"
 
     class Options(StrategyOptions):
-        dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32")
+        dtype: Dtype = Field(default="float32")
+
+    def load(self, model_dir: Path, *, trust_remote_code: bool = False):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=_dtype(self.options.dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=True)
+
+    def bytes_per_param(self) -> float:
+        return DTYPE_BYTES[self.options.dtype]
+
+    def other_bytes_per_param(self) -> float:
+        """Bytes per parameter of what is not quantized (embeddings, norms)."""
+        return DTYPE_BYTES[self.options.dtype]
+
+
+class BnbNF4Quantizer(Quantizer):
+    """bitsandbytes 4-bit NF4 with double quantization (QLoRA)."""
+
+    name = "bnb-nf4"
+
+    class Options(StrategyOptions):
+        compute_dtype: Dtype = Field(default="bfloat16", description="Dtype of the dequantized matmul.")
+        double_quant: bool = Field(default=True, description="Quantize the block scales too (~0.4 bit/param saved).")
+
+    def load(self, model_dir: Path, *, trust_remote_code: bool = False):
+        from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        compute = _dtype(self.options.compute_dtype)
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_use_double_quant=self.options.double_quant,
+                                   bnb_4bit_compute_dtype=compute)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, quantization_config=quant, dtype=compute, device_map=_device_map(),
+            trust_remote_code=trust_remote_code, use_safetensors=True)
+        guard_cpu_repack(model)
+        # gradient checkpointing is switched on by the trainer (training.gradient_checkpointing),
+        # non-reentrant, so frozen layers below the first adapter need no input gradients
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+    def bytes_per_param(self) -> float:
+        # 4-bit codes + one absmax per 64-weight block: 8-bit (+ fp32 per 256 blocks) with double
+        # quantization, fp32 without.
+        scale = (1 + 4 / 256) if self.options.double_quant else 4
+        return 0.5 + scale / NF4_BLOCK
+
+    def other_bytes_per_param(self) -> float:
+        return 4.0  # prepare_model_for_kbit_training upcasts embeddings and norms to float32
+
+
+class TorchaoNF4Quantizer(Quantizer):
+    """torchao NF4Tensor weights (double-quantized scales) in plain nn.Linear layers."""
+
+    name = "torchao-nf4"
+
+    class Options(StrategyOptions):
+        compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(default="bfloat16")
+        skip: list[str] = Field(default_factory=lambda: ["lm_head"],
+                                description="Substrings of linear layers to keep unquantized.")
 
     def load(self, model_dir: Path, *, trust_remote_code: bool = False):
         import torch
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, self.options.dtype), trust_remote_code=trust_remote_code,
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=_dtype(self.options.compute_dtype), trust_remote_code=trust_remote_code,
             use_safetensors=True)
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and not any(s in name for s in self.options.skip):
+                module.weight = torch.nn.Parameter(to_nf4_weight(module.weight.detach()), requires_grad=False)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+    def bytes_per_param(self) -> float:
+        return 0.5 + (1 + 4 / 256) / NF4_BLOCK
+
+    def other_bytes_per_param(self) -> float:
+        return DTYPE_BYTES[self.options.compute_dtype]
 
 
-QUANTIZERS = [NoQuantizer]
+def to_nf4_weight(weight):
+    """A torchao NF4Tensor of ``weight``; the scaler block shrinks to a divisor of the block count."""
+    from torchao.quantization import to_nf4
+
+    blocks = weight.numel() // NF4_BLOCK
+    if weight.numel() % NF4_BLOCK:
+        raise ValueError(f"torchao NF4 needs a multiple of {NF4_BLOCK} weights, got shape {tuple(weight.shape)}")
+    scaler_block = max(d for d in range(1, 257) if blocks % d == 0)
+    return to_nf4(weight, NF4_BLOCK, scaler_block)
+
+
+def guard_cpu_repack(model) -> int:
+    """Stop bitsandbytes ≥0.49 from repacking 4-bit weights in place on avx512_bf16 CPUs.
+
+    An eval-mode no-grad forward would otherwise rewrite the weight layout, after which LoRA gets no
+    gradients and ``dequantize_4bit`` returns wrong values. Returns the number of layers guarded.
+    """
+    import bitsandbytes as bnb
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+def base_bytes_per_param(quantizer: Quantizer) -> float:
+    """Bytes per parameter of a quantized (linear) base weight under ``quantizer``."""
+    fn = getattr(quantizer, "bytes_per_param", None)
+    return float(fn()) if fn is not None else 4.0
+
+
+def other_bytes_per_param(quantizer: Quantizer) -> float:
+    """Bytes per parameter of the parameters the quantizer leaves unquantized."""
+    fn = getattr(quantizer, "other_bytes_per_param", None)
+    return float(fn()) if fn is not None else 4.0
+
+
+QUANTIZERS = [NoQuantizer, BnbNF4Quantizer, TorchaoNF4Quantizer]

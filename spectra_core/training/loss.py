@@ -1,0 +1,58 @@
+"""Causal-LM loss without materialising full-vocabulary logits.
+
+Only positions with a label are projected through the output head, in chunks; each chunk's logits
+are recomputed in the backward pass (activation checkpointing), so peak memory holds one chunk's
+float32 logits instead of ``batch × length × vocab``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+
+
+def _decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The decoder stack and output head of a plain causal LM (None for models with logit tweaks)."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = causal.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None
+    decoder = getattr(causal, causal.base_model_prefix, None)
+    head = causal.get_output_embeddings()
+    if decoder is None or head is None:
+        return None
+    return decoder, head
+
+
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor], *, chunk_tokens: int = 1024) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, number of label tokens) for one batch; labels are shifted inside."""
+    labels = batch["labels"][:, 1:]
+    parts = _decoder_and_head(model)
+    if parts is None:  # generic route: full logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
+        return loss, int((labels != IGNORE).sum())
+    decoder, head = parts
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = hidden[:, :-1]
+    keep = labels != IGNORE
+    hidden, labels = hidden[keep], labels[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, labels.shape[0], chunk_tokens):
+        h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + checkpoint(_chunk_loss, head, h, y, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(head, h, y)
+    return total, int(labels.shape[0])

@@ -1,0 +1,322 @@
+"""The trainer: plan → peft model → AdamW on accelerate → resumable run directory (see run.py).
+
+Determinism: LoRA init, data order and evaluation depend only on ``training.seed``; the data order is
+a pure function of the number of micro-batches consumed, so a resumed run replays exactly what an
+uninterrupted one would have done (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..atomic import atomic_dir, write_text
+from ..data import TokenizedData, collate, load_data
+from ..errors import InputError, TrainingError
+from ..plan import AdapterPlan
+from ..run import Run
+from ..scores import Scores
+from . import checkpoint as ckpt
+from .distributed import all_reduce_grads, all_reduce_sum, barrier, make_accelerator
+from .loss import causal_lm_loss
+from .metrics import MetricsLog
+from .modeling import build_peft_model, load_base, trainable_named_parameters
+from .optim import lr_factor, make_optimizer, set_lr
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+RUN_ENTRIES = ("config.yaml", "scores.json", "plan.json", "metrics.jsonl", "checkpoints", "final", "exports",
+               "tensorboard")
+# Keys that may differ on --resume: they change bookkeeping, not the trained weights.
+RUNTIME_KEYS = ("output_dir", "exporters", "training.eval_every", "training.eval_batches", "training.save_every",
+                "training.keep_checkpoints", "training.log_every")
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT/SIGTERM arrived; a checkpoint was written. ``exit_code`` is 128 + signal number."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted by signal {signum}; checkpoint written to {checkpoint}",
+                         hint="continue with `spectra train CONFIG --resume`")
+        self.exit_code = 128 + signum
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Differences that matter for resuming (``RUNTIME_KEYS`` ignored), one line each."""
+    a, b = _flatten(saved), _flatten(current)
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            lines.append(f"  {key}: {a.get(key, '<unset>')!r} (run) -> {b.get(key, '<unset>')!r} (now)")
+    return lines
+
+
+class Trainer:
+    """Trains one pipeline's plan; ``train()`` returns the finished :class:`~spectra_core.run.Run`."""
+
+    def __init__(self, pipeline: Any, *, plan: AdapterPlan | None = None, scores: Scores | None = None) -> None:
+        self.pipeline = pipeline
+        self.config = pipeline.config
+        self.tcfg = pipeline.config.training
+        self.plan = plan
+        self.scores = scores
+        self.run_dir = Path(pipeline.output_dir)
+        self._signal: int | None = None
+
+    # ----- run directory -------------------------------------------------------------------------
+    def _holds_run(self) -> bool:
+        return any((self.run_dir / e).exists() for e in RUN_ENTRIES)
+
+    def _prepare_dir(self, resume: bool, overwrite: bool, is_main: bool) -> Path | None:
+        """Check/clear the output dir; on resume, check the config and return the newest checkpoint."""
+        if resume:
+            saved_path = self.run_dir / "config.yaml"
+            if not saved_path.is_file():
+                raise TrainingError(f"nothing to resume in {self.run_dir} (no config.yaml)",
+                                    hint="start the run without --resume")
+            diff = config_diff(yaml.safe_load(saved_path.read_text(encoding="utf-8")),
+                               self.config.model_dump(mode="json"))
+            if diff:
+                raise TrainingError("cannot resume: the config differs from the run's config.yaml:\n" + "\n".join(diff),
+                                    hint="restore the original values, or start over with --overwrite")
+            found = ckpt.list_checkpoints(self.run_dir / "checkpoints")
+            if self.plan is None:
+                self.plan = ckpt.read_plan(found[-1]) if found else AdapterPlan.load(self.run_dir / "plan.json")
+            if self.scores is None and (self.run_dir / "scores.json").is_file():
+                self.scores = Scores.load(self.run_dir / "scores.json")
+            return found[-1] if found else None
+        if self._holds_run():
+            if not overwrite:
+                raise TrainingError(f"output directory {self.run_dir} already holds a run",
+                                    hint="pass --resume to continue it or --overwrite to replace it "
+                                         "(or set output_dir elsewhere)")
+            if is_main:
+                for entry in RUN_ENTRIES:
+                    path = self.run_dir / entry
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    elif path.exists():
+                        path.unlink()
+        if self.plan is None:
+            raise TrainingError("no adapter plan given", hint="call Pipeline.train(), which plans first")
+        return None
+
+    def _write_inputs(self) -> None:
+        write_text(self.run_dir / "config.yaml",
+                   yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        if self.scores is not None:
+            self.scores.save(self.run_dir / "scores.json")
+        self.plan.save(self.run_dir / "plan.json")
+
+    # ----- data ----------------------------------------------------------------------------------
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            g = torch.Generator().manual_seed(self.tcfg.seed * 1_000_003 + epoch)
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = torch.randperm(len(self.data.train), generator=g).tolist()
+        return self._orders[epoch]
+
+    def _micro_batch(self, m: int) -> dict[str, torch.Tensor]:
+        """This process's share of global micro-batch ``m`` (a pure function of ``m`` and the seed)."""
+        bs, n = self.tcfg.batch_size, len(self.data.train)
+        first = (m * self.world + self.rank) * bs
+        idx = [self._order(k // n)[k % n] for k in range(first, first + bs)]
+        return collate([self.data.train[i] for i in idx], self.pad_id)
+
+    def _calibration(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
+        return (self._micro_batch(m) for m in range(n))
+
+    # ----- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> float:
+        """Held-out loss per label token (validation split, sharded over processes)."""
+        model.eval()
+        bs = self.tcfg.batch_size
+        batches = [self.data.validation[i:i + bs] for i in range(0, len(self.data.validation), bs)]
+        if self.tcfg.eval_batches:
+            batches = batches[:self.tcfg.eval_batches]
+        total = count = 0.0
+        for batch in batches[self.rank::self.world]:
+            loss, n = causal_lm_loss(model, collate(batch, self.pad_id))
+            total, count = total + float(loss), count + n
+        model.train()
+        total, count = all_reduce_sum([total, count])
+        return total / max(count, 1.0)
+
+    # ----- signals -------------------------------------------------------------------------------
+    def _install_signals(self) -> dict[int, Any]:
+        def handler(signum: int, frame: Any) -> None:
+            self._signal = signum
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not in the main thread
+                pass
+        return old
+
+    # ----- training ------------------------------------------------------------------------------
+    def train(self, *, resume: bool = False, overwrite: bool = False) -> Run:
+        if self.config.data is None:
+            raise InputError("the config has no data section", hint="add data: {path: FILE} to the config")
+        acc = make_accelerator()
+        self.rank, self.world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        start_ckpt = self._prepare_dir(resume, overwrite, is_main)
+        barrier()
+        torch.manual_seed(self.tcfg.seed)
+
+        from transformers import AutoTokenizer
+
+        model_dir = self.pipeline.model_dir()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=self.config.model.trust_remote_code)
+        self.data: TokenizedData = load_data(self.config.data, tokenizer, seed=self.tcfg.seed)
+        self.pad_id, self._orders = tokenizer.pad_token_id, {}
+
+        quantizer = self.pipeline.quantizer
+        base = load_base(self.config, quantizer, model_dir, gradient_checkpointing=self.tcfg.gradient_checkpointing)
+        model = build_peft_model(base, self.plan, seed=self.tcfg.seed)
+        model.to(acc.device)
+        model.train()
+        optimizer = make_optimizer(model, self.plan, self.tcfg.learning_rate, self.tcfg.weight_decay)
+        session = Session(model, self.plan, optimizer, batches=self._calibration,
+                          lr=self.tcfg.learning_rate, weight_decay=self.tcfg.weight_decay)
+        merger = self.pipeline.gradient_merger
+        if merger is not None:
+            if start_ckpt is None:
+                session.plan = self.plan = merger.calibrate(session)
+            merger.tie(session)
+            session.apply_plan()
+
+        state = ckpt.TrainState(step=0, micro_batches=0)
+        if start_ckpt is not None:
+            state = ckpt.load_checkpoint(start_ckpt, model, optimizer)
+            session.step = state.step
+            log.info("resumed from %s (step %d)", start_ckpt, state.step)
+        elif is_main:
+            self._write_inputs()
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=is_main,
+                             resume_step=state.step if start_ckpt is not None else None)
+        if start_ckpt is None:
+            stats = {k: vars(v) for k, v in self.data.stats.items()}
+            metrics.write({"step": 0, "event": "data", **{f"{k}_{f}": v for k, s in stats.items() for f, v in s.items()}})
+            metrics.write({"step": 0, "eval_loss": self.evaluate(model)})
+        old_handlers = self._install_signals()
+        try:
+            self._loop(model, optimizer, session, state, metrics, is_main)
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            metrics.close()
+        if is_main:
+            with atomic_dir(self.run_dir / "final") as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+            self.plan.save(self.run_dir / "plan.json")
+        barrier()
+        model.eval()
+        return Run(self.run_dir, self.config, self.plan, self.scores, model=model, registry=self.pipeline.registry)
+
+    def _loop(self, model: Any, optimizer: torch.optim.Optimizer, session: Session, state: ckpt.TrainState,
+              metrics: MetricsLog, is_main: bool) -> None:
+        from tqdm.auto import tqdm
+
+        t = self.tcfg
+        merger, rebalancer = self.pipeline.gradient_merger, self.pipeline.rebalancer
+        every = rebalancer.every_steps() if rebalancer is not None else None
+        schedule = {"name": t.schedule, "warmup": t.warmup_steps, "total": t.max_steps}
+        bar = tqdm(total=t.max_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
+        while state.step < t.max_steps:
+            started = time.perf_counter()
+            lr = t.learning_rate * lr_factor(state.step, warmup=t.warmup_steps, total=t.max_steps, schedule=t.schedule)
+            set_lr(optimizer, lr / t.learning_rate)
+            loss_sum = tokens = 0.0
+            for _ in range(t.gradient_accumulation):
+                batch = self._micro_batch(state.micro_batches)
+                loss, n = causal_lm_loss(model, batch)
+                reduced, count = all_reduce_sum([float(loss), float(n)])
+                if not math.isfinite(reduced):
+                    self._fail_nan(state.step + 1)
+                if n:
+                    (loss / n / t.gradient_accumulation).backward()
+                if merger is not None:
+                    merger.merge_gradients(session)
+                loss_sum, tokens = loss_sum + reduced, tokens + count
+                state.micro_batches += 1
+            params = [p for _, p in trainable_named_parameters(model)]
+            all_reduce_grads(params)
+            norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
+            if not math.isfinite(float(norm)):
+                self._fail_nan(state.step + 1, what="gradient norm")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens += int(tokens)
+            session.step = state.step
+            elapsed = time.perf_counter() - started
+            record = {"step": state.step, "loss": loss_sum / max(tokens, 1.0), "lr": lr, "grad_norm": float(norm),
+                      "tokens_per_s": tokens / elapsed, "step_time_s": elapsed}
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+            if state.step % t.log_every == 0 or state.step == t.max_steps:
+                metrics.write(record)
+            if rebalancer is not None and every and state.step % every == 0 and state.step < t.max_steps:
+                self._rebalance(rebalancer, session, metrics)
+            if state.step % t.eval_every == 0 or state.step == t.max_steps:
+                metrics.write({"step": state.step, "eval_loss": self.evaluate(model)})
+            stop = all_reduce_sum([float(self._signal or 0)])[0] > 0
+            if state.step % t.save_every == 0 or stop:
+                path = self._save(model, optimizer, state, schedule, is_main)
+                if stop:
+                    bar.close()
+                    raise TrainingInterrupted(self._signal or signal.SIGTERM, path)
+        bar.close()
+        if rebalancer is not None:  # always once after training
+            self._rebalance(rebalancer, session, metrics)
+            metrics.write({"step": state.step, "eval_loss": self.evaluate(model), "after": "rebalance"})
+
+    def _rebalance(self, rebalancer: Any, session: Session, metrics: MetricsLog) -> None:
+        changes = rebalancer.rebalance(session)
+        for change in changes:
+            if change not in session.plan.history:
+                session.plan.history.append(change)
+        session.apply_plan()
+        self.plan = session.plan
+        metrics.write({"step": session.step, "event": "rebalance", "strategy": rebalancer.name,
+                       "changes": [c.model_dump(mode="json") for c in changes]})
+
+    def _save(self, model: Any, optimizer: torch.optim.Optimizer, state: ckpt.TrainState,
+              schedule: dict[str, Any], is_main: bool) -> Path:
+        path = ckpt.step_dir(self.run_dir / "checkpoints", state.step)
+        if is_main:
+            ckpt.save_checkpoint(self.run_dir / "checkpoints", model, optimizer, state, self.plan,
+                                 schedule=schedule, keep=self.tcfg.keep_checkpoints)
+        barrier()
+        return path
+
+    def _fail_nan(self, step: int, what: str = "loss") -> None:
+        found = ckpt.list_checkpoints(self.run_dir / "checkpoints")
+        last = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+        raise TrainingError(f"training stopped: the {what} became NaN/inf at step {step}; {last}",
+                            hint="lower training.learning_rate, keep training.max_grad_norm set, "
+                                 "or check the data; then --resume or --overwrite")
