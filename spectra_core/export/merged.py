@@ -22,15 +22,15 @@ class MergedExporter(Exporter):
     folds it in; weights are saved as safetensors with the tokenizer.
     ``AutoModelForCausalLM.from_pretrained(dir)`` loads it.
 
-    Tolerance (max |Δlogit| against ``PeftModel`` on the same float base, measured on the test
-    model): float32 ≤ 1e-4 (observed ~1e-6: only the summation order changes). bfloat16/float16
-    round the merged weight once, so expect differences of the order of that dtype's epsilon times
-    the logit scale.
+    Tolerance, as max |Δlogit| / max |logit| against ``PeftModel`` on the float32 base (checked by
+    the tests on a small random Llama): float32 1e-5 (measured 2e-6: only the order of the sums
+    changes); float16 1e-2 (measured 4e-3) and bfloat16 5e-2 (measured 2.4e-2): the merged weight
+    is rounded once to the narrower dtype.
 
-    The merged model is *not* the 4-bit model the adapter was trained on: the base here is the
-    original float weights, while training saw their NF4 quantization. The logits differ by the
-    base's quantization error (several percent), exactly as for any QLoRA adapter applied to its
-    unquantized base.
+    The merged model is *not* the 4-bit model the adapter was trained on: its base is the original
+    float weights, while training saw their NF4 quantization, so logits differ by the base's
+    quantization error (measured 4.5 % relative, 6.4 % of max |logit|, on the test model), as for
+    any QLoRA adapter applied to its unquantized base. That gap is in the base, not in the merge.
     """
 
     name: ClassVar[str] = "merged"
