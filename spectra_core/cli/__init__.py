@@ -15,25 +15,14 @@ app = typer.Typer(help="SpectraQLoRA: spend LoRA capacity where the weights carr
 def _register() -> None:
     from . import config_cmd, info  # noqa: F401  (commands register themselves on `app`)
     from . import export  # noqa: F401
+    from . import scan  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; user errors print a message and exit 2, without a traceback."""
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv)  # standalone: usage errors print click's message and exit 2
     except SpectraError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.secho("aborted", err=True)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
