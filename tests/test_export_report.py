@@ -70,9 +70,9 @@ def test_metrics_are_read_tolerantly(tmp_path):
     path.write_text("\n".join([
         '{"step": 2, "loss": 1.5}', "", "garbage", "[1, 2]", '{"loss": 3.0}', '{"step": 1, "loss": NaN}',
         '{"step": true, "loss": 1.0}', '{"step": 1, "loss": 2.0, "lr": 0.1}', '{"step": 2, "eval_loss": 1.8}',
-        '{"step": 0, "eval_loss": "high"}']) + "\n")
+        '{"step": 0, "eval_loss": "high"}', '{"step": 3, "event": "rebalance"}']) + "\n")
     records, skipped = read_metrics(path)
-    assert [r["step"] for r in records] == [1, 2, 2] and skipped == 6
+    assert [r["step"] for r in records] == [1, 2, 2] and skipped == 4  # garbage, list, no step, bool step
     summary = summarize_metrics(path)
     assert summary["train"]["first"] == {"step": 1, "loss": 2.0} and summary["train"]["min"] == 1.5
     assert summary["eval"]["before"] == summary["eval"]["after"] == {"step": 2, "loss": 1.8}

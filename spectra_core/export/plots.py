@@ -1,4 +1,4 @@
-"""The report's figures (matplotlib, Agg backend): loss curve and layer × module-type grids."""
+"""The report's figures (matplotlib, Agg backend): loss curve, score heatmap, rank and group grids."""
 
 from __future__ import annotations
 
@@ -75,17 +75,13 @@ class Grid:
             ax.text(col, row, text, ha="center", va="center", fontsize=6)
 
 
-def snr_heatmap(scores: Scores, plan: AdapterPlan, path: Path, *, dpi: int) -> Path:
-    """Score of every scored module; modules the plan trains are outlined."""
-    grid = Grid([m.name for m in scores.modules])
-    fig, ax = grid.figure(f"{scores.scorer} scores (outlined: trained)")
-    image = ax.imshow(grid.matrix({m.name: m.score for m in scores.modules}), aspect="auto", cmap="viridis")
-    fig.colorbar(image, ax=ax, label="score (SNR)")
-    active = [grid.cell[m.name] for m in plan.active() if m.name in grid.cell]
-    if active:
-        rows, cols = zip(*active)
-        ax.scatter(cols, rows, marker="s", s=80, facecolors="none", edgecolors="red", linewidths=1.2)
-    return _save(fig, path, dpi)
+def snr_heatmap(scores: Scores, plan: AdapterPlan, path: Path) -> Path:
+    """The scan's heatmap (rank of each score within its module type), trained modules marked."""
+    from spectra_core.spectral.heatmap import write_heatmap
+
+    trained = {m.name for m in plan.active()}
+    selection = {t: [m for m in scores.modules if m.type == t and m.name in trained] for t in scores.types()}
+    return write_heatmap(scores, selection, path, title=f"{scores.scorer} scores (rank within type); marked: trained")
 
 
 def ranks_picture(plan: AdapterPlan, path: Path, *, dpi: int) -> Path:

@@ -1,8 +1,9 @@
 """The ``report`` exporter: what a run did, as report.md + report.json and PNG figures.
 
 metrics.jsonl schema (read tolerantly): one JSON object per line with a numeric ``step`` and a
-numeric ``loss`` (training) and/or ``eval_loss`` (held-out); other keys are ignored. Blank lines are
-skipped; lines that are not such objects are counted in ``skipped_lines``.
+numeric ``loss`` (training) and/or ``eval_loss`` (held-out); other keys are ignored, and so are
+objects without a finite loss (events). Blank lines are skipped; lines that are not JSON objects
+with a numeric step are counted in ``skipped_lines``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class ReportExporter(Exporter):
             drawn["loss"] = plots.loss_curve(metrics["train"]["curve"], metrics["eval"]["curve"],
                                              out / "loss_curve.png", dpi=dpi).name
         if run.scores is not None and run.scores.modules:
-            drawn["scores"] = plots.snr_heatmap(run.scores, plan, out / "snr_heatmap.png", dpi=dpi).name
+            drawn["scores"] = plots.snr_heatmap(run.scores, plan, out / "snr_heatmap.png").name
         if len({m.rank for m in plan.injected()}) > 1:
             drawn["ranks"] = plots.ranks_picture(plan, out / "ranks.png", dpi=dpi).name
         if plan.groups():
@@ -106,7 +107,10 @@ def parameter_counts(run: RunArtifacts) -> dict[str, Any]:
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The valid records of metrics.jsonl (sorted by step) and how many non-blank lines were skipped."""
+    """Loss records of metrics.jsonl, sorted by step (stable), and the count of unreadable lines.
+
+    Objects with a step but no finite loss (events, data statistics) are ignored without counting.
+    """
     if not path.is_file():
         return [], 0
     records, skipped = [], 0
@@ -118,11 +122,10 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
         except json.JSONDecodeError:
             skipped += 1
             continue
-        if isinstance(record, dict) and _number(record.get("step")) and (
-                _number(record.get("loss")) or _number(record.get("eval_loss"))):
-            records.append(record)
-        else:
+        if not (isinstance(record, dict) and _number(record.get("step"))):
             skipped += 1
+        elif _number(record.get("loss")) or _number(record.get("eval_loss")):
+            records.append(record)
     return sorted(records, key=lambda r: r["step"]), skipped
 
 
@@ -171,7 +174,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
     ]
     if metrics["skipped_lines"]:
-        out += [f"{metrics['skipped_lines']} line(s) of metrics.jsonl were not metric records and were skipped.", ""]
+        out += [f"{metrics['skipped_lines']} unreadable line(s) of metrics.jsonl were skipped.", ""]
     out += [f"![{kind}]({name})" for kind, name in figures.items()] + ([""] if figures else [])
     out += ["## Plan", "", "| module | type | active | rank | alpha | lr scale | tier | group | score |",
             "|---|---|:-:|---:|---:|---:|---|---|---:|"]
