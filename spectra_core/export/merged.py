@@ -29,8 +29,9 @@ class MergedExporter(Exporter):
 
     The merged model is *not* the 4-bit model the adapter was trained on: its base is the original
     float weights, while training saw their NF4 quantization, so logits differ by the base's
-    quantization error (measured 4.5 % relative, 6.4 % of max |logit|, on the test model), as for
-    any QLoRA adapter applied to its unquantized base. That gap is in the base, not in the merge.
+    quantization error, as for any QLoRA adapter applied to its unquantized base: measured
+    ‖Δ‖/‖logits‖ 4.5 % on the test model, 13 % after a 4-step real run on the same random base.
+    The gap is model-dependent and lies in the base, not in the merge.
     """
 
     name: ClassVar[str] = "merged"
