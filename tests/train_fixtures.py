@@ -117,19 +117,12 @@ def make_plan(model_dir: Path, *, rank: int = 4, mode: str = "targeted", active:
     return AdapterPlan(allocator="fixture", mode=mode, modules=modules)
 
 
-def first_allocator() -> str | None:
-    from spectra_core.registry import get_registry
-
-    names = sorted(get_registry().strategies["allocator"])
-    return names[0] if names else None
-
-
 def config_dict(model_dir: Path, data: Path, out: Path, **training: Any) -> dict[str, Any]:
-    """A run config for the tiny model: no quantization, 'random' scorer, the first installed allocator."""
+    """A run config for the tiny model: no quantization, 'random' scorer, hybrid's 'spectrum-top' allocator."""
     train = {"max_steps": 6, "batch_size": 2, "warmup_steps": 1, "eval_every": 3, "save_every": 2,
              "log_every": 1, "learning_rate": 1e-3, **training}
     return {"model": {"source": str(model_dir)}, "quantizer": {"name": "none"}, "scorer": {"name": "random"},
-            "allocator": {"name": first_allocator() or "none-installed"},
+            "allocator": {"name": "spectrum-top", "options": {"rank": 4, "alpha": 8, "top_fraction": 0.5}},
             "data": {"path": str(data), "max_length": 32, "validation_fraction": 0.1},
             "training": train, "output_dir": str(out)}
 

@@ -254,7 +254,7 @@ class Trainer:
             for _ in range(t.gradient_accumulation):
                 batch = self._micro_batch(state.micro_batches)
                 loss, n = causal_lm_loss(model, batch)
-                reduced, count = all_reduce_sum([float(loss), float(n)])
+                reduced, count = all_reduce_sum([float(loss.detach()), float(n)])
                 if not math.isfinite(reduced):
                     self._fail_nan(state.step + 1)
                 if n:
