@@ -25,7 +25,7 @@ class PeftAdapterExporter(Exporter):
     default_dirname: ClassVar[str] = "adapter"
 
     class Options(StrategyOptions):
-        pass
+        """No options: the adapter is written as trained."""
 
     def export(self, run: RunArtifacts, destination: Path) -> Path:
         with atomic_dir(destination) as tmp:
