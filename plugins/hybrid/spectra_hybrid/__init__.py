@@ -30,6 +30,6 @@ def spectra_methods():
             "allocator": {"name": "spectrum-top",
                           "options": {"top_fraction": 0.25, "rank": 16, "alpha": 32, "mode": "all-inactive"}},
             "rebalancer": {"name": "snr-reselect"},
-            "exporters": [{"name": "peft-adapter"}, {"name": "merged"}, {"name": "report"}],
+            "exporters": [{"name": "peft-adapter"}, {"name": "merged"}, {"name": "spectrum-yaml"}, {"name": "report"}],
         },
     )]
