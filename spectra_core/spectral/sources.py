@@ -50,6 +50,11 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def natural_key(name: str) -> list:
+    """Sort key that orders ``layers.2`` before ``layers.10`` (files store names lexicographically)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
+
+
 def _file_stamp(path: Path) -> list:
     st = path.stat()
     return [path.name, st.st_size, st.st_mtime_ns]
@@ -128,6 +133,7 @@ def safetensors_source(path: Path, names: Iterable[str] | None = None) -> EntryS
             if info.key.endswith(".weight") and info.dtype in FLOAT_DTYPES:
                 entries.extend(_expand(info.key[: -len(".weight")], info.shape,
                                        lambda info=info: _load_st(info)))
+    entries.sort(key=lambda e: natural_key(e.name))
     fp = _digest(["safetensors", [_file_stamp(f) for f in files]])
     return EntrySource(entries, fp, str(path), names)
 
@@ -192,6 +198,7 @@ def gguf_source(path: Path, names: Iterable[str] | None = None) -> EntrySource:
         if t.name.endswith(".weight"):
             shape = tuple(int(d) for d in reversed(list(t.shape)))
             entries.extend(_expand(gguf_to_hf_name(t.name[: -len(".weight")]), shape, lambda t=t: load(t)))
+    entries.sort(key=lambda e: natural_key(e.name))
     return EntrySource(entries, _digest(["gguf", _file_stamp(path)]), str(path), names)
 
 

@@ -1,0 +1,133 @@
+"""`spectra scan` (score a checkpoint's weights) and `spectra select` (top-percent from a result file)."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from spectra_core.atomic import write_text
+from spectra_core.errors import ConfigError
+from spectra_core.scores import Scores
+from spectra_core.spectral.formats import load_scores, to_flat, unfrozen_yaml
+from spectra_core.spectral.heatmap import write_heatmap
+from spectra_core.spectral.scan import run_scan
+from spectra_core.spectral.selection import (Selection, check_percent, lora_target_regex, lora_targets,
+                                             reference_order, top_percent)
+
+from . import app
+
+
+def _parse_options(pairs: list[str], variant: str | None) -> dict:
+    options: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {pair!r} is not key=value", hint="e.g. --option on_bad=skip")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if variant is not None:
+        options["variant"] = variant
+    return options
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v for item in values for v in re.split(r"[,\s]+", item) if v]
+
+
+def _summary(scores: Scores, selection: Selection, title: str) -> Table:
+    table = Table(title=title)
+    for col, justify in (("type", "left"), ("modules", "right"), ("selected", "right"),
+                         ("min", "right"), ("median", "right"), ("max", "right"), ("best", "left")):
+        table.add_column(col, justify=justify)
+    for type_ in scores.types():
+        values = [m.score for m in scores.modules if m.type == type_]
+        chosen = selection.get(type_, [])
+        table.add_row(type_, str(len(values)), str(len(chosen)), f"{min(values):.4g}",
+                      f"{statistics.median(values):.4g}", f"{max(values):.4g}", chosen[0].name if chosen else "-")
+    return table
+
+
+def _slug(model: str) -> str:
+    name = Path(model.split(":", 1)[-1]).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem if name.endswith((".gguf", ".safetensors")) else name)
+
+
+@app.command()
+def scan(
+    model: str = typer.Argument(..., help="Model dir, .safetensors, .gguf, or bundled:smollm2-135m."),
+    scorer: str = typer.Option("spectrum", "--scorer", help="Scorer name (spectrum, mp, random, or a plugin's)."),
+    variant: str | None = typer.Option(None, "--variant", help="spectrum scorer: legacy | current."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Scorer option key=value (repeatable)."),
+    types: list[str] = typer.Option([], "--types", help="Module types to scan (repeatable or comma-separated; globs ok)."),
+    percent: float = typer.Option(50.0, "--top-percent", help="Keep this percent (1..100) of each type."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: scans/<model>)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if a cached result exists."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or table."),
+) -> None:
+    """Score every weight matrix; write scores.json, snr_results.json, the YAML, selection.json, heatmap.png."""
+    check_percent(percent)
+    options = _parse_options(option, variant)
+    try:
+        result = run_scan(model, scorer, options, types=_split(types), use_cache=not no_cache, progress=not quiet)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid options for scorer {scorer!r}: {exc.errors()[0]['msg']} "
+                          f"({'.'.join(map(str, exc.errors()[0]['loc']))})",
+                          hint="see the scorer's options in docs/scan.md") from None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    scores = reference_order(result.scores)
+    if not scores.modules:
+        raise ConfigError(f"scorer {scorer!r} scored no module of {model}", hint="; ".join(result.notes[:3]) or None)
+    selection = top_percent(scores, percent)
+    targets = lora_targets(selection)
+    out = out or Path("scans") / _slug(model)
+    pct = f"{percent:g}"
+    files = {
+        "scores.json": scores.to_json(),
+        "snr_results.json": to_flat(scores),
+        f"unfrozen_parameters_{pct}percent.yaml": unfrozen_yaml(selection),
+        "selection.json": json.dumps({
+            "top_percent": percent, "scorer": scores.scorer, "options": scores.options,
+            "selected": {t: [m.name for m in ms] for t, ms in selection.items()},
+            "lora_targets": targets, "lora_target_regex": lora_target_regex(targets)}, indent=2) + "\n",
+    }
+    for name, text in files.items():
+        write_text(out / name, text)
+    write_heatmap(scores, selection, out / "heatmap.png", title=f"{_slug(model)}: {scorer}, top {pct}%")
+    console = Console(stderr=True)
+    if not quiet:
+        how = "cached" if result.cached else f"{result.seconds:.1f} s, {result.world_size} process(es)"
+        console.print(_summary(scores, selection, f"{scorer} scan of {model} ({len(scores.modules)} modules, {how})"))
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"wrote {out}/ ({', '.join([*files, 'heatmap.png'])})", highlight=False)
+
+
+@app.command()
+def select(
+    snr_json: Path = typer.Argument(..., help="scores.json from `spectra scan`, or a Spectrum snr_results_*.json."),
+    percent: float = typer.Option(..., "--top-percent", help="Keep this percent (1..100) of each type."),
+    out: Path | None = typer.Option(None, "--out", help="Write the unfrozen-parameters YAML here (default: stdout)."),
+) -> None:
+    """Top-percent selection per type from an existing result file (file order breaks ties)."""
+    check_percent(percent)
+    scores = load_scores(snr_json)
+    selection = top_percent(scores, percent)
+    text = unfrozen_yaml(selection)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    write_text(out, text)
+    Console(stderr=True).print(_summary(scores, selection, f"top {percent:g}% of {snr_json.name}"))
+    typer.echo(f"wrote {out}", err=True)
