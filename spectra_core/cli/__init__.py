@@ -16,6 +16,7 @@ def _register() -> None:
     from . import config_cmd, info  # noqa: F401  (commands register themselves on `app`)
     from . import export  # noqa: F401
     from . import scan  # noqa: F401
+    from . import train  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,84 @@
+"""`spectra plan` (what would be adapted, and the memory it needs) and `spectra train`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import app
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+@app.command("plan")
+def plan_cmd(
+    config: Path = typer.Argument(..., help="YAML run config."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides."),
+    out: Path = typer.Option(None, "--out", help="Also write the plan as JSON here."),
+) -> None:
+    """Show what would be adapted (per module type), trainable parameters and estimated memory. Trains nothing."""
+    from spectra_core.pipeline import Pipeline
+    from spectra_core.training.memory import estimate_memory
+
+    pipe = Pipeline.from_yaml(config, overrides=overrides or [])
+    plan = pipe.plan()
+    table = Table(title=f"adapter plan ({plan.allocator}, mode {plan.mode})")
+    for col in ("type", "active", "ranks", "LoRA params"):
+        table.add_column(col, justify="left" if col == "type" else "right")
+    by_type: dict[str, list] = {}
+    for m in plan.modules.values():
+        by_type.setdefault(m.type, []).append(m)
+    for mtype, mods in by_type.items():
+        active = [m for m in mods if m.active]
+        ranks = sorted({m.rank for m in active})
+        table.add_row(mtype, f"{len(active)}/{len(mods)}", ",".join(map(str, ranks)) or "-",
+                      f"{sum(m.lora_params() for m in mods):,}")
+    console = Console()
+    console.print(table)
+    mem = estimate_memory(pipe.model_dir(), pipe.quantizer, plan, trust_remote_code=pipe.config.model.trust_remote_code)
+    console.print(f"trainable parameters: {plan.trainable_parameters():,} "
+                  f"({len(plan.active())} of {len(plan.modules)} modules active)")
+    console.print(f"estimated memory ({pipe.quantizer.name}): base {_gib(mem['base_bytes'])} + LoRA "
+                  f"{_gib(mem['lora_bytes'])} + grads/AdamW {_gib(mem['optimizer_bytes'])} = "
+                  f"{_gib(mem['total_bytes'])} (activations not included)")
+    if out is not None:
+        plan.save(out)
+        console.print(f"plan written to {out}")
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="YAML run config."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in output_dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in output_dir."),
+) -> None:
+    """Scan, plan, train and export. Prints held-out loss before/after and where everything went."""
+    from spectra_core.pipeline import Pipeline
+    from spectra_core.training.metrics import read_metrics
+    from spectra_core.training.trainer import TrainingInterrupted
+
+    pipe = Pipeline.from_yaml(config, overrides=overrides or [])
+    try:
+        run = pipe.train(resume=resume, overwrite=overwrite)
+    except TrainingInterrupted as exc:
+        typer.secho(str(exc), err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(exc.exit_code) from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    evals = [r for r in read_metrics(run.run_dir / "metrics.jsonl") if "eval_loss" in r]
+    if evals:
+        typer.echo(f"held-out loss: {evals[0]['eval_loss']:.4f} (step {evals[0]['step']}) -> "
+                   f"{evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})")
+    typer.echo(f"run directory: {run.run_dir}")
+    typer.echo(f"adapter (PEFT): {run.run_dir / 'final'}")
+    typer.echo(f"metrics: {run.run_dir / 'metrics.jsonl'}")
+    if pipe.exporters:
+        for name, path in pipe.export(run).items():
+            typer.echo(f"export {name}: {path}")

@@ -1,0 +1,43 @@
+"""Memory estimate of a planned run, without loading weights (the model is built on the meta device)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..builtins.quantizers import base_bytes_per_param, other_bytes_per_param
+from ..plan import AdapterPlan
+
+LORA_BYTES = 4  # peft keeps adapter weights in float32
+ADAMW_BYTES = 8 + 4  # two moments + the gradient, float32
+
+
+def estimate_memory(model_dir: Path, quantizer: Any, plan: AdapterPlan, *, trust_remote_code: bool = False) -> dict[str, int]:
+    """Bytes of the base (quantized linear layers + the rest), LoRA weights, gradients + optimizer state.
+
+    Activations are not included: they depend on batch size, sequence length and checkpointing.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    head = model.get_output_embeddings()
+    quantized = {id(m.weight) for m in model.modules()
+                 if isinstance(m, torch.nn.Linear) and m is not head and quantizer.name != "none"}
+    q_params = sum(p.numel() for p in model.parameters() if id(p) in quantized)
+    other = sum(p.numel() for p in model.parameters() if id(p) not in quantized)
+    lora = sum(m.rank * (m.shape[0] + m.shape[1]) for m in plan.injected())
+    trainable = plan.trainable_parameters()
+    out = {
+        "base_quantized_params": q_params,
+        "base_other_params": other,
+        "base_bytes": int(q_params * base_bytes_per_param(quantizer) + other * other_bytes_per_param(quantizer)),
+        "lora_params": lora,
+        "lora_bytes": lora * LORA_BYTES,
+        "trainable_params": trainable,
+        "optimizer_bytes": trainable * ADAMW_BYTES,
+    }
+    out["total_bytes"] = out["base_bytes"] + out["lora_bytes"] + out["optimizer_bytes"]
+    return out
