@@ -92,6 +92,7 @@ class TrainingSession(Protocol):
     plan: AdapterPlan
     optimizer: torch.optim.Optimizer
     step: int
+    run_dir: Path | None  # where a strategy may write its own records (None outside a training run)
 
     def calibration_batches(self, n: int) -> Iterable[dict[str, torch.Tensor]]:
         """``n`` training batches (input_ids, attention_mask, labels), deterministic for the seed."""

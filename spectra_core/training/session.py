@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -16,15 +17,18 @@ class Session:
 
     ``batches(n)`` yields ``n`` deterministic training batches (the trainer passes its data stream);
     a session built without one (e.g. to re-tie a loaded model) has no calibration data.
+    ``run_dir`` is the run directory a strategy may write its own records into (None outside training).
     """
 
     def __init__(self, model: torch.nn.Module, plan: AdapterPlan, optimizer: torch.optim.Optimizer | None = None,
                  *, batches: Callable[[int], Iterable[dict[str, torch.Tensor]]] | None = None,
-                 lr: float = 0.0, weight_decay: float = 0.0, step: int = 0) -> None:
+                 lr: float = 0.0, weight_decay: float = 0.0, step: int = 0,
+                 run_dir: Path | None = None) -> None:
         self.model = model
         self.plan = plan
         self.optimizer = optimizer
         self.step = step
+        self.run_dir = run_dir
         self._batches = batches
         self._lr = lr
         self._weight_decay = weight_decay

@@ -201,7 +201,7 @@ class Trainer:
         model.train()
         optimizer = make_optimizer(model, self.plan, self.tcfg.learning_rate, self.tcfg.weight_decay)
         session = Session(model, self.plan, optimizer, batches=self._calibration,
-                          lr=self.tcfg.learning_rate, weight_decay=self.tcfg.weight_decay)
+                          lr=self.tcfg.learning_rate, weight_decay=self.tcfg.weight_decay, run_dir=self.run_dir)
         merger = self.pipeline.gradient_merger
         if merger is not None:
             if start_ckpt is None:
