@@ -1,0 +1,45 @@
+"""Rebalancer ``cosine-regroup``: measure gradients again every K steps and regroup the shared LoRAs."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from spectra_core import PlanChange, Rebalancer
+from spectra_core.strategies import TrainingSession
+
+from .artifacts import similarity_record, write_artifacts
+from .assign import assign, measure
+from .options import GroupingOptions
+from .tying import merge_members, tie_groups, untie
+
+
+class CosineRegroup(Rebalancer):
+    """Re-measure gradient cosines on the trained model and regroup; changes go to the plan history."""
+
+    name = "cosine-regroup"
+
+    class Options(GroupingOptions):
+        every_steps: int | None = Field(default=None, gt=0, description="Also regroup every K optimizer steps.")
+
+    def rebalance(self, session: TrainingSession) -> list[PlanChange]:
+        """Members whose group changes get their own copy of their current values; a new group starts
+        from the best rank-r approximation of its members' mean update (``tying.merge_members``);
+        unchanged groups keep their parameters and optimizer state."""
+        plan = session.plan
+        start = len(plan.history)
+        before = {frozenset(ms) for ms in plan.groups().values()}
+        found = measure(session, plan, self.options)
+        groups = assign(plan, found, self.options, step=session.step, strategy=self.name)
+        new = [ms for ms in groups.values() if frozenset(ms) not in before]
+        kept = {m for ms in groups.values() if frozenset(ms) in before for m in ms}
+        lora = session.lora_modules()
+        for name in plan.modules:
+            if name in lora and name not in kept:
+                untie(lora[name])
+        for members in new:
+            merge_members([lora[m] for m in members])
+        tie_groups(plan, lora)
+        session.apply_plan()
+        write_artifacts(getattr(session, "run_dir", None),
+                        similarity_record(found, groups, self.options, step=session.step, strategy=self.name))
+        return plan.history[start:]
