@@ -93,7 +93,7 @@ def test_method_sgm_composes_the_stages():
     cfg = load_config(data=_config())
     assert (cfg.quantizer.name, cfg.scorer.name, cfg.allocator.name) == ("bnb-nf4", "spectrum", "spectrum-top")
     assert cfg.allocator.options.mode == "targeted"
-    assert cfg.gradient_merger.name == "cosine-groups" and cfg.gradient_merger.options.threshold == 0.5
+    assert cfg.gradient_merger.name == "cosine-groups" and cfg.gradient_merger.options.threshold == 0.0
     assert [e.name for e in cfg.exporters] == ["peft-adapter", "merged", "report"]
     reg = get_registry()
     assert reg.provider[("gradient_merger", "cosine-groups")] == "sgm"
