@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import sys
 from pathlib import Path
 
 import typer
@@ -56,6 +57,11 @@ def _summary(scores: Scores, selection: Selection, title: str) -> Table:
     return table
 
 
+def _console() -> Console:
+    """stderr console; wide when not a terminal so logs keep full module names."""
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
 def _slug(model: str) -> str:
     name = Path(model.split(":", 1)[-1]).name or "model"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem if name.endswith((".gguf", ".safetensors")) else name)
@@ -105,7 +111,7 @@ def scan(
     for name, text in files.items():
         write_text(out / name, text)
     write_heatmap(scores, selection, out / "heatmap.png", title=f"{_slug(model)}: {scorer}, top {pct}%")
-    console = Console(stderr=True)
+    console = _console()
     if not quiet:
         how = "cached" if result.cached else f"{result.seconds:.1f} s, {result.world_size} process(es)"
         console.print(_summary(scores, selection, f"{scorer} scan of {model} ({len(scores.modules)} modules, {how})"))
@@ -129,5 +135,5 @@ def select(
         typer.echo(text, nl=False)
         return
     write_text(out, text)
-    Console(stderr=True).print(_summary(scores, selection, f"top {percent:g}% of {snr_json.name}"))
+    _console().print(_summary(scores, selection, f"top {percent:g}% of {snr_json.name}"))
     typer.echo(f"wrote {out}", err=True)
