@@ -155,13 +155,11 @@ def main() -> None:
     h, q = results["hybrid-25"], results["qlora-all"]
     ratios = {
         "peak_rss": h["peak_rss_mib"] / q["peak_rss_mib"],
-        "train_rss_increase": (h["peak_rss_mib"] - h["rss_before_train_mib"])
-        / max(1e-9, q["peak_rss_mib"] - q["rss_before_train_mib"]),
         "step_time": h["step_time_s"] / q["step_time_s"],
         "trainable_params": h["trainable_params"] / q["trainable_params"],
     }
     print(f"{'':24}{'hybrid-25':>14}{'qlora-all':>14}")
-    for key in ("active_modules", "trainable_params", "step_time_s", "peak_rss_mib", "rss_before_train_mib",
+    for key in ("active_modules", "trainable_params", "step_time_s", "peak_rss_mib",
                 "eval_loss_before", "eval_loss_after"):
         print(f"{key:24}{h[key]:>14.4g}{q[key]:>14.4g}")
     for key, value in ratios.items():
