@@ -39,6 +39,23 @@ def trained(tmp_path_factory):
     return pipe, run, pipe.export(run)
 
 
+def test_resume_continues_the_tied_run_bitwise(trained, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    pipe, run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run.run_dir, copy, ignore=shutil.ignore_patterns("exports"))
+    shutil.rmtree(copy / "checkpoints" / "step-00000004")
+    shutil.rmtree(copy / "final")
+    resumed = Pipeline.from_dict(pipe.config.model_dump(mode="json") | {"output_dir": str(copy)}).train(resume=True)
+    assert resumed.plan.groups() == run.plan.groups()
+    assert_tied(resumed.model, run.plan.groups())
+    original, again = (load_file(d / "final" / "adapter_model.safetensors") for d in (run.run_dir, copy))
+    assert original.keys() == again.keys() and all(torch.equal(original[k], again[k]) for k in original)
+
+
 def logits(model, model_dir: Path) -> torch.Tensor:
     from transformers import AutoTokenizer
 
