@@ -256,6 +256,7 @@ class Trainer:
                 loss, n = causal_lm_loss(model, batch)
                 reduced, count = all_reduce_sum([float(loss.detach()), float(n)])
                 if not math.isfinite(reduced):
+                    bar.close()
                     self._fail_nan(state.step + 1)
                 if n:
                     (loss / n / t.gradient_accumulation).backward()
@@ -267,6 +268,7 @@ class Trainer:
             all_reduce_grads(params)
             norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
             if not math.isfinite(float(norm)):
+                bar.close()
                 self._fail_nan(state.step + 1, what="gradient norm")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
