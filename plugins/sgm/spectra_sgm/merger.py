@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -27,7 +27,7 @@ class CosineGroups(GradientMerger):
             "that sum projected onto the members' top-q shared gradient directions (see docs/methods/sgm.md).")
         project_rank: int = Field(default=1, gt=0, description="q, the directions kept by merge: project.")
 
-    def __init__(self, options=None) -> None:
+    def __init__(self, options: GroupingOptions | dict[str, Any] | None = None) -> None:
         super().__init__(options)
         self._members: MemberGradients | None = None
 

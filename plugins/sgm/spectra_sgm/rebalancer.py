@@ -27,15 +27,16 @@ class CosineRegroup(Rebalancer):
         unchanged groups keep their parameters and optimizer state."""
         plan = session.plan
         start = len(plan.history)
-        before = {frozenset(ms) for ms in plan.groups().values()}
+        old = plan.groups().values()
+        before = {frozenset(ms) for ms in old}
         found = measure(session, plan, self.options)
         groups = assign(plan, found, self.options, step=session.step, strategy=self.name)
         new = [ms for ms in groups.values() if frozenset(ms) not in before]
         kept = {m for ms in groups.values() if frozenset(ms) in before for m in ms}
         lora = session.lora_modules()
-        for name in plan.modules:
-            if name in lora and name not in kept:
-                untie(lora[name])
+        # fresh parameters (and optimizer state) for members of changed groups; singletons keep theirs
+        for name in {m for ms in old for m in ms} - kept | {m for ms in new for m in ms}:
+            untie(lora[name])
         for members in new:
             merge_members([lora[m] for m in members])
         tie_groups(plan, lora)
