@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -10,6 +11,12 @@ from spectra_core.errors import SpectraError
 
 app = typer.Typer(help="SpectraQLoRA: spend LoRA capacity where the weights carry signal.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _quiet_third_party() -> None:
+    """Silence import-time noise users cannot act on (torchao's optional CUDA kernels, torch pytree notices)."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _register() -> None:
@@ -21,6 +28,7 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; user errors print a message and exit 2, without a traceback."""
+    _quiet_third_party()
     _register()
     try:
         app(args=argv)  # standalone: usage errors print click's message and exit 2
