@@ -4,7 +4,10 @@ Each arm trains in its own subprocess (so peak RSS is its own) with the same dat
 rank; reported side by side: trainable LoRA parameters, held-out loss before/after, peak RSS, mean
 time per optimizer step, wall time. Default: 30 steps per arm, a few minutes on 2 CPU cores.
 
-    python benchmarks/sgm.py [--steps 30] [--rank 16] [--out runs/bench-sgm]
+    python benchmarks/sgm.py [--steps 30] [--rank 16] [--threads 1] [--out runs/bench-sgm]
+
+``--threads`` sets torch's threads per arm (OMP_NUM_THREADS). The default 1 keeps the timing sane on a
+shared 2-core box, where 2-thread torch processes slow down 15–20× as soon as anything else runs.
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ def arm_config(arm: str, out: Path, steps: int, rank: int) -> dict:
 
 def run_arm(arm: str, out: Path, steps: int, rank: int) -> dict:
     """Train one arm in this process; return its measurements."""
+    import torch
+
     from spectra_core.pipeline import Pipeline
 
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     started = time.perf_counter()
     run = Pipeline.from_dict(arm_config(arm, out, steps, rank)).train(overwrite=True)
     wall = time.perf_counter() - started
@@ -81,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-sgm")
     ap.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)  # internal: run one arm, print JSON
     args = ap.parse_args()
@@ -91,7 +98,7 @@ def main() -> None:
     for arm in ARMS:
         proc = subprocess.run([sys.executable, __file__, "--arm", arm, "--steps", str(args.steps),
                                "--rank", str(args.rank), "--out", str(args.out)],
-                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)})
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             sys.exit(f"arm {arm} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
