@@ -10,6 +10,7 @@ from spectra_core.strategies import TrainingSession
 from spectra_core.training.distributed import world
 from spectra_core.training.loss import causal_lm_loss
 
+from .projection import paused
 from .sketch import GradientSketch
 
 
@@ -33,7 +34,7 @@ def collect_signals(session: TrainingSession, names: list[str], *, batches: int,
     was_training = model.training
     model.train()
     seen = 0
-    with GradientSketch({n: lora[n] for n in names}, dim, seed) as sketch:
+    with paused(), GradientSketch({n: lora[n] for n in names}, dim, seed) as sketch:
         for batch in session.calibration_batches(batches):
             loss, count = causal_lm_loss(model, {k: v.to(device) for k, v in batch.items()})
             if count:

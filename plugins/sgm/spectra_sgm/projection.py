@@ -18,6 +18,8 @@ gradients over processes, as for any parameter. Cost: member gradients held unti
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,6 +37,20 @@ def member_weights(m: torch.Tensor, q: int) -> torch.Tensor:
     keep = vectors[:, values > values.max() * 1e-12][:, -q:] if values.max() > 0 else vectors[:, :0]
     ones = torch.ones(m.shape[0], dtype=torch.float64, device=m.device)
     return keep @ (keep.T @ ones)
+
+
+_paused = 0
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Capture nothing meanwhile (calibration passes during training are not training gradients)."""
+    global _paused
+    _paused += 1
+    try:
+        yield
+    finally:
+        _paused -= 1
 
 
 class MemberGradients:
@@ -64,7 +80,7 @@ class MemberGradients:
 
     def _hook(self, name: str, which: str) -> Any:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-            if not (torch.is_grad_enabled() and output.requires_grad):
+            if _paused or not (torch.is_grad_enabled() and output.requires_grad):
                 return
             x = args[0]
 
