@@ -2,7 +2,8 @@
 
 (a) SmolLM2-135M (bundled GGUF, converted once to a safetensors dir): our scan vs the reference
     method (whole model loaded in fp32 via transformers, svdvals per module, same modules). Each
-    runs in its own subprocess; wall time includes imports and loading; peak RSS is ru_maxrss.
+    runs in its own subprocess; wall time includes imports and loading; peak RSS is VmHWM
+    (ru_maxrss is inherited across exec from the benchmark process, so it is not used).
 (b) A Llama-3-8B-shaped checkpoint (random bf16, one shard per layer): our peak RSS for 1 and
     ``--layers`` layers (it must not grow), and the fp32 RAM the reference's full load would need.
 
@@ -24,16 +25,24 @@ from pathlib import Path
 LLAMA3_8B = {"hidden": 4096, "intermediate": 14336, "kv": 1024, "vocab": 128256, "layers": 32}
 
 OURS = """
-import json, resource, sys, torch
+import json, sys, torch
 from spectra_core.spectral.scan import run_scan
+
+def peak_mb():  # VmHWM: ru_maxrss survives exec, so a child would report its parent's peak
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
 r = run_scan(sys.argv[1], "spectrum", {"method": sys.argv[3]}, use_cache=False)
 json.dump({"scores": {m.name: m.score for m in r.scores.modules},
-           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, open(sys.argv[2], "w"))
+           "rss_mb": peak_mb()}, open(sys.argv[2], "w"))
 """
 
 REFERENCE = """
-import json, resource, sys, torch
+import json, sys, torch
 from transformers import AutoModelForCausalLM
+
+def peak_mb():  # VmHWM: ru_maxrss survives exec, so a child would report its parent's peak
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
 from spectra_core.spectral.snr import spectrum_snr
 names = set(json.load(open(sys.argv[3])))
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
@@ -43,7 +52,7 @@ for name, module in model.named_modules():
         w = module.weight.detach().float()
         w = w.reshape(1, -1) if w.dim() == 1 else w
         scores[name] = spectrum_snr(torch.linalg.svdvals(w), tuple(w.shape))  # fp32 svdvals, reference recipe
-json.dump({"scores": scores, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+json.dump({"scores": scores, "rss_mb": peak_mb()},
           open(sys.argv[2], "w"))
 """
 
