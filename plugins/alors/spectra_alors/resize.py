@@ -60,7 +60,7 @@ def scaling(alpha: float, rank: int, use_rslora: bool) -> float:
 
 def resize_lora(layer: torch.nn.Module, rank: int, alpha: float, *, use_rslora: bool,
                 optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> Resize:
-    """Give ``layer``'s LoRA rank ``rank`` and alpha ``alpha`` in place (same Parameter objects)."""
+    """Give ``layer``'s LoRA rank ``rank`` and alpha ``alpha`` (new Parameters; ``optimizer`` follows)."""
     lin_a, lin_b = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
     a, b = lin_a.weight.detach(), lin_b.weight.detach()
     old, (out_f, in_f) = a.shape[0], (b.shape[0], a.shape[1])
@@ -90,13 +90,9 @@ def resize_lora(layer: torch.nn.Module, rank: int, alpha: float, *, use_rslora: 
             p_a = c * (u[:, :rank] * inv).T @ b.double()
             p_b = c * a.double() @ (vh[:rank].T * inv)
             energy = float((s[:rank] ** 2).sum()) / total
-    if optimizer is not None:
-        ratio = s_new / s_old
-        _move_state(optimizer, lin_a.weight, lambda m, sq: (ratio * p_b.T) ** (2 if sq else 1) @ m)
-        _move_state(optimizer, lin_b.weight, lambda m, sq: m @ (ratio * p_a.T) ** (2 if sq else 1))
-    with torch.no_grad():
-        lin_a.weight.data = new_a.to(a.dtype).contiguous()
-        lin_b.weight.data = new_b.to(b.dtype).contiguous()
+    ratio = s_new / s_old
+    _replace(lin_a, new_a, optimizer, lambda m, sq: (ratio * p_b.T) ** (2 if sq else 1) @ m)
+    _replace(lin_b, new_b, optimizer, lambda m, sq: m @ (ratio * p_a.T) ** (2 if sq else 1))
     lin_a.out_features = lin_b.in_features = rank
     layer.r[ADAPTER], layer.lora_alpha[ADAPTER], layer.scaling[ADAPTER] = rank, alpha, s_new
     return Resize(old_rank=old, new_rank=rank, energy_kept=energy)
@@ -107,14 +103,23 @@ def _fresh_rows(n: int, in_f: int, generator: torch.Generator | None) -> torch.T
     return (torch.rand(n, in_f, generator=generator, dtype=torch.float64) * 2 - 1) / math.sqrt(in_f)
 
 
-def _move_state(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter, mapping) -> None:
-    """Map each of ``param``'s state tensors of its shape (second moments: keys with 'sq') into the new basis."""
-    state = optimizer.state.get(param)
-    if not state:
+def _replace(linear: torch.nn.Linear, value: torch.Tensor, optimizer: torch.optim.Optimizer | None, mapping) -> None:
+    """Give ``linear`` a new weight Parameter holding ``value``; move its optimizer state and group slot.
+
+    Each state tensor of the old weight's shape is mapped into the new basis (second moments: keys
+    with 'sq'). A new Parameter, not a ``.data`` swap: autograd caches a leaf's shape.
+    """
+    old = linear.weight
+    new = torch.nn.Parameter(value.to(old.dtype).contiguous(), requires_grad=old.requires_grad)
+    linear.weight = new
+    if optimizer is None:
         return
-    for key, value in state.items():
-        if torch.is_tensor(value) and value.shape == param.shape:
-            state[key] = mapping(value.double(), "sq" in key).to(value.dtype).contiguous()
+    for group in optimizer.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    state = optimizer.state.pop(old, None)
+    if state:
+        optimizer.state[new] = {k: mapping(v.double(), "sq" in k).to(v.dtype).contiguous()
+                                if torch.is_tensor(v) and v.shape == old.shape else v for k, v in state.items()}
 
 
 def is_float_base(layer: torch.nn.Module) -> bool:
