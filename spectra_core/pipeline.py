@@ -75,12 +75,12 @@ class Pipeline:
         return find_targets(self.model_dir(), self.config.targets,
                             trust_remote_code=self.config.model.trust_remote_code)
 
-    def scan(self) -> Scores:
-        """Score every target module's base weight, streamed from the checkpoint."""
-        from .spectral.sources import open_weights
+    def scan(self, *, progress: bool = True) -> Scores:
+        """Score every target module's base weight, streamed from the checkpoint (cached by fingerprint)."""
+        from .spectral.scan import run_scan
 
         names = [t.name for t in self.targets()]
-        return self.scorer.score(open_weights(self.model_dir(), names=names))
+        return run_scan(self.model_dir(), self.scorer, names=names, progress=progress).scores
 
     def plan(self, scores: Scores | None = None) -> AdapterPlan:
         """Allocate adapter capacity from the scores (scanning first if none are given)."""

@@ -15,6 +15,7 @@ import torch
 from spectra_core.errors import InputError, SpectraError
 from spectra_core.registry import get_registry
 from spectra_core.scores import Scores
+from spectra_core.strategies import Scorer
 from spectra_core.spectral import cache
 from spectra_core.spectral.sources import EntrySource, open_weights
 from spectra_core.spectral.types import module_type
@@ -80,19 +81,19 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def run_scan(model: Any, scorer: str = "spectrum", options: dict[str, Any] | None = None, *,
+def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, Any] | None = None, *,
              types: Sequence[str] | None = None, names: Sequence[str] | None = None,
              use_cache: bool = True, progress: bool = False) -> ScanResult:
-    """Score ``model`` (path, ``bundled:…`` or nn.Module) with a registered scorer.
+    """Score ``model`` (path, ``bundled:…`` or nn.Module) with a scorer (a registered name or an instance).
 
     Under ``torchrun`` the tensors are split round-robin across processes and every process
     returns the same gathered result (in source order, identical to one process at one thread).
     """
     start = time.perf_counter()
-    strategy = get_registry().create("scorer", scorer, options or {})
+    strategy = scorer if isinstance(scorer, Scorer) else get_registry().create("scorer", scorer, options or {})
     source = filter_types(open_weights(model, names), types)
     opts = strategy.options.model_dump()
-    key = cache.cache_key(source.fingerprint, scorer, opts, source.names())
+    key = cache.cache_key(source.fingerprint, strategy.name, opts, source.names())
     rank, world = _distributed()
     if use_cache and (hit := cache.load_cached(key)) is not None:
         return ScanResult(hit, cached=True, seconds=time.perf_counter() - start, world_size=world)
