@@ -69,14 +69,18 @@ def filter_types(source: EntrySource, types: Sequence[str] | None) -> EntrySourc
 
 
 def _distributed() -> tuple[int, int]:
-    """(rank, world size), initialising gloo when launched by torchrun with more than one process."""
+    """(rank, world size), initialising the process group when launched with more than one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        if torch.cuda.is_available():  # training reuses this group: give it NCCL for CUDA tensors
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group("gloo")
     torch.set_num_threads(1)
     return dist.get_rank(), dist.get_world_size()
 
