@@ -75,9 +75,10 @@ class AlorsResize(Rebalancer):
         generator = torch.Generator().manual_seed(self.options.seed + session.step)
         for s in scores.modules:
             entry, layer, spec = plan.modules[s.name], lora[s.name], specs[target[s.name]]
-            spectrum = update_spectrum(layer)
+            needed = energy_rank(update_spectrum(layer), 0.9)
             reason = (f"effective-weight {self.options.scorer} score {s.score:.4g}: tier {spec.name} of {s.type}; "
-                      f"update BA keeps 90 % energy in {energy_rank(spectrum, 0.9)} of {entry.rank} directions")
+                      + (f"update BA has 90 % of its energy in {needed} of {entry.rank} directions" if needed
+                         else "update BA is zero"))
             fields: dict[str, Any] = {"score": s.score, "tier": spec.name, "active": spec.active}
             if spec.name == entry.tier:
                 reason += "; stays"
