@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import typer
 
@@ -17,6 +18,8 @@ def _quiet_third_party() -> None:
     """Silence import-time noise users cannot act on (torchao's optional CUDA kernels, torch pytree notices)."""
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # peft 0.21 still asks transformers 5 for the renamed `is_gradient_checkpointing`
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
 
 def _register() -> None:
