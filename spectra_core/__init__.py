@@ -8,6 +8,7 @@ from .plan import AdapterPlan, ModulePlan, PlanChange
 from .scores import ModuleScore, Scores
 from .strategies import (
     Allocator,
+    CalibratedScorer,
     Exporter,
     GradientMerger,
     Method,
@@ -21,7 +22,7 @@ from .strategies import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterPlan", "Allocator", "Exporter", "GradientMerger", "Method", "ModulePlan", "ModuleScore",
+    "AdapterPlan", "Allocator", "CalibratedScorer", "Exporter", "GradientMerger", "Method", "ModulePlan", "ModuleScore",
     "PlanChange", "Quantizer", "Rebalancer", "Scorer", "Scores", "StrategyOptions", "TargetModule",
     "hookimpl", "__version__",
 ]

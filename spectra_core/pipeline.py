@@ -17,7 +17,7 @@ from .config import load_config
 from .plan import AdapterPlan
 from .registry import Registry, get_registry
 from .scores import Scores
-from .strategies import Allocator, Exporter, GradientMerger, Quantizer, Rebalancer, Scorer, Stage, Strategy, TargetModule
+from .strategies import Allocator, CalibratedScorer, Exporter, GradientMerger, Quantizer, Rebalancer, Scorer, Stage, Strategy, TargetModule
 
 
 class Pipeline:
@@ -76,11 +76,19 @@ class Pipeline:
                             trust_remote_code=self.config.model.trust_remote_code)
 
     def scan(self, *, progress: bool = True) -> Scores:
-        """Score every target module's base weight, streamed from the checkpoint (cached by fingerprint)."""
+        """Score every target module's base weight, streamed from the checkpoint (cached by fingerprint).
+
+        A :class:`~spectra_core.strategies.CalibratedScorer` scores a calibration session instead
+        (base + probe LoRA + the config's training data; not cached)."""
         from .spectral.scan import run_scan
 
-        names = [t.name for t in self.targets()]
-        return run_scan(self.model_dir(), self.scorer, names=names, progress=progress).scores
+        targets = self.targets()
+        if isinstance(self.scorer, CalibratedScorer):
+            from .calibration import calibration_session
+
+            return self.scorer.score_session(
+                calibration_session(self.config, self.quantizer, self.model_dir(), targets))
+        return run_scan(self.model_dir(), self.scorer, names=[t.name for t in targets], progress=progress).scores
 
     def plan(self, scores: Scores | None = None) -> AdapterPlan:
         """Allocate adapter capacity from the scores (scanning first if none are given)."""

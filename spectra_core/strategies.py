@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .plan import AdapterPlan, PlanChange
 from .scores import Scores
@@ -137,6 +137,31 @@ class Scorer(Strategy):
     @abstractmethod
     def score(self, weights: WeightSource) -> Scores:
         """Score each (name, matrix) the source yields, in its order."""
+
+
+class CalibratedScorer(Scorer):
+    """A data-aware scorer: it needs the model and training data, not only the weights.
+
+    :meth:`spectra_core.pipeline.Pipeline.scan` hands it a calibration session (see
+    :func:`spectra_core.calibration.calibration_session`): the base from the configured quantizer, a
+    rank-1 LoRA with ``B = 0`` on every target (``session.plan.modules`` lists them) and the trainer's
+    first batches of the config's data (``session.calibration_batches(n)``), seeded by ``training.seed``.
+    """
+
+    class Options(StrategyOptions):
+        calibration_batches: int = Field(default=8, gt=0, description="Training batches whose gradients are "
+                                                                      "measured.")
+
+    def score(self, weights: WeightSource) -> Scores:
+        from .errors import InputError
+
+        raise InputError(f"scorer {self.name!r} needs training data, not only weights",
+                         hint=f"use a run config with scorer: {{name: {self.name}}} and a data section "
+                              "(`spectra plan CONFIG`), or a weight-only scorer for `spectra scan`")
+
+    @abstractmethod
+    def score_session(self, session: TrainingSession) -> Scores:
+        """Score every module of ``session.plan``, in plan order."""
 
 
 class Allocator(Strategy):

@@ -1,4 +1,5 @@
-"""Built-in scorers: ``random`` (baseline), ``spectrum`` (the reference recipe) and ``mp`` (Marchenko–Pastur)."""
+"""Built-in scorers: ``random`` (baseline), ``spectrum`` (the reference recipe), ``mp`` (Marchenko–Pastur)
+and the data-aware ``grad-norm`` (:mod:`.gradnorm`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from spectra_core.spectral.snr import batches, mp_snr, spectrum_snr
 from spectra_core.spectral.spectra import singular_values
 from spectra_core.spectral.types import module_type
 from spectra_core.strategies import Scorer, StrategyOptions, WeightSource
+
+from .gradnorm import GradNormScorer
 
 
 class RandomScorer(Scorer):
@@ -122,4 +125,4 @@ class MPScorer(SpectralScorer):
         return mp_snr(s, tuple(shape))
 
 
-SCORERS = [RandomScorer, SpectrumScorer, MPScorer]
+SCORERS = [RandomScorer, SpectrumScorer, MPScorer, GradNormScorer]
