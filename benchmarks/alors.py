@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "kjv-genesis-exodus.txt"
+from common import DATA, peak_rss_mib, run_measurements, run_subprocess
+
 
 
 def arm_config(arm: str, args: argparse.Namespace, out: Path) -> dict:
@@ -49,14 +46,6 @@ def arm_config(arm: str, args: argparse.Namespace, out: Path) -> dict:
     return config
 
 
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process (VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run_arm(arm: str, args: argparse.Namespace) -> dict:
     """Train one arm in this process; return its measurements."""
     import torch
@@ -69,21 +58,18 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         run = pipe.train()
         wall = time.perf_counter() - started
-        records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step_time_s"] for r in records if "step_time_s" in r][1:]
-    evals = [r for r in records if "eval_loss" in r]
-    trained_eval = next(r["eval_loss"] for r in reversed(evals) if "after" not in r)
+        found = run_measurements(run.run_dir)
     ranks = sorted({m.rank for m in run.plan.active()})
     return {
         "arm": arm,
         "trainable_parameters": run.plan.trainable_parameters(),
         "active_modules": len(run.plan.active()),
         "ranks": ranks,
-        "eval_loss_start": evals[0]["eval_loss"],
-        "eval_loss_end": trained_eval,
-        "eval_loss_after_rebalance": next((r["eval_loss"] for r in evals if r.get("after") == "rebalance"), None),
+        "eval_loss_start": found["eval_loss_start"],
+        "eval_loss_end": found["eval_loss_end"],
+        "eval_loss_after_rebalance": found["eval_loss_after_rebalance"],
         "rebalance_changes": sum(c.field in ("tier", "rank") for c in run.plan.history),
-        "step_time_s_median": statistics.median(steps),
+        "step_time_s_median": found["step_time_s"],
         "peak_rss_mib": peak_rss_mib(),
         "wall_s": wall,
     }
@@ -108,16 +94,11 @@ def main() -> None:
         args.result.write_text(json.dumps(run_arm(args.arm, args)))
         return
     results = []
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1"}
     passthrough = [f"--steps={args.steps}", f"--rank={args.rank}", f"--batch-size={args.batch_size}",
                    f"--max-length={args.max_length}", f"--lr={args.lr}", f"--eval-batches={args.eval_batches}",
                    f"--seed={args.seed}", f"--threads={args.threads}"]
     for arm in args.arms:
-        with tempfile.NamedTemporaryFile(suffix=".json") as fh:
-            subprocess.run([sys.executable, __file__, "--arm", arm, "--result", fh.name, *passthrough],
-                           check=True, env=env, stdout=subprocess.DEVNULL)
-            results.append(json.loads(Path(fh.name).read_text()))
+        results.append(run_subprocess(__file__, ["--arm", arm, *passthrough], threads=args.threads))
         print(f"{arm}: done in {results[-1]['wall_s']:.0f} s", file=sys.stderr)
     rows = [("trainable parameters", "trainable_parameters", "{:,}"), ("active modules", "active_modules", "{}"),
             ("ranks", "ranks", "{}"), ("held-out loss, start", "eval_loss_start", "{:.4f}"),

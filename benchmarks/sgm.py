@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "kjv-genesis-exodus.txt"
+from common import DATA, ROOT, arm_env, peak_rss_mib
+
 ARMS = ("hybrid", "sgm")
 
 
@@ -63,7 +62,7 @@ def run_arm(arm: str, out: Path, steps: int, rank: int) -> dict:
         "trainable_parameters": plan.trainable_parameters(),
         "trained_modules": len(plan.active()), "groups": len(plan.groups()),
         "held_out_before": evals[0], "held_out_after": evals[-1],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "time_per_step_s": sum(step_times) / max(len(step_times), 1),
         "wall_s": wall,
     }
@@ -98,7 +97,7 @@ def main() -> None:
     for arm in ARMS:
         proc = subprocess.run([sys.executable, __file__, "--arm", arm, "--steps", str(args.steps),
                                "--rank", str(args.rank), "--out", str(args.out)],
-                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)})
+                              capture_output=True, text=True, env=arm_env(args.threads))
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             sys.exit(f"arm {arm} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

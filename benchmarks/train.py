@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -19,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "kjv-genesis-exodus.txt"
+from common import DATA, peak_rss_mib
+
 ARMS = ("hybrid-25", "qlora-all")
 
 
@@ -29,10 +28,6 @@ def _rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _config(args: argparse.Namespace, out: Path) -> dict:
@@ -64,7 +59,7 @@ def run_hybrid(args: argparse.Namespace) -> dict:
     steps = [r["step_time_s"] for r in records if "step_time_s" in r][1:]
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     return {"arm": "hybrid-25", "trainable_params": plan.trainable_parameters(), "step_time_s": statistics.median(steps),
-            "eval_loss_before": evals[0], "eval_loss_after": evals[-1], "peak_rss_mib": _peak_mib(),
+            "eval_loss_before": evals[0], "eval_loss_after": evals[-1], "peak_rss_mib": peak_rss_mib(),
             "rss_before_train_mib": rss_before, "active_modules": len(plan.active())}
 
 
@@ -121,7 +116,7 @@ def run_qlora_all(args: argparse.Namespace) -> dict:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     return {"arm": "qlora-all", "trainable_params": trainable, "step_time_s": statistics.median(times[1:]),
-            "eval_loss_before": before, "eval_loss_after": evaluate(), "peak_rss_mib": _peak_mib(),
+            "eval_loss_before": before, "eval_loss_after": evaluate(), "peak_rss_mib": peak_rss_mib(),
             "rss_before_train_mib": rss_before, "active_modules": 210}
 
 
