@@ -178,9 +178,11 @@ def probe_plan(targets: list[TargetModule]) -> AdapterPlan:
     return AdapterPlan(allocator="calibration", modules=modules)
 
 
-def calibration_session(config: Any, quantizer: Any, model_dir: Any, targets: list[TargetModule]) -> TrainingSession:
-    """A session over the configured base (via ``quantizer``) with a probe LoRA on every target and the
-    training split of ``config.data``, batched and ordered as the trainer would (``training.seed``)."""
+def calibration_session(config: Any, quantizer: Any, model_dir: Any, targets: list[TargetModule],
+                        plan: AdapterPlan | None = None) -> TrainingSession:
+    """A session over the configured base (via ``quantizer``) with the LoRA of ``plan`` (default: a probe
+    LoRA on every target) and the training split of ``config.data``, batched and ordered as the trainer
+    would (``training.seed``)."""
     from transformers import AutoTokenizer
 
     from .data import load_data
@@ -194,7 +196,7 @@ def calibration_session(config: Any, quantizer: Any, model_dir: Any, targets: li
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=config.model.trust_remote_code)
     train = load_data(config.data, tokenizer, seed=seed).train
     base = load_base(config, quantizer, model_dir, gradient_checkpointing=config.training.gradient_checkpointing)
-    plan = probe_plan(targets)
+    plan = plan if plan is not None else probe_plan(targets)
     model = build_peft_model(base, plan, seed=seed)
     return Session(model, plan, batches=lambda n: first_batches(train, batch_size=batch_size, seed=seed,
                                                                  pad_id=tokenizer.pad_token_id, n=n))

@@ -100,3 +100,15 @@ def test_accelerate_launch_two_processes(tiny_model_dir, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("held-out loss:") == 1
+
+
+def test_plan_calibrate_shows_groups_and_saving(tiny_model_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_model_dir, "run")
+    base = ["allocator.options.top_fraction=1.0", "gradient_merger.name=cosine-groups",
+            "gradient_merger.options.threshold=-1.0", "gradient_merger.options.calibration_batches=2"]
+    res = _run("plan", str(cfg), *base, "--calibrate")
+    assert res.returncode == 0, res.stderr
+    assert "group g0:" in res.stdout and "shared LoRAs: 8,192 ->" in res.stdout
+    assert not (tmp_path / "run").exists()
+    res = _run("plan", str(cfg), "--calibrate")
+    assert res.returncode == 2 and "--calibrate needs a gradient_merger" in res.stderr

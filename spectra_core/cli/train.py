@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -21,6 +22,8 @@ def plan_cmd(
     config: Path = typer.Argument(..., help="YAML run config."),
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides."),
     out: Path = typer.Option(None, "--out", help="Also write the plan as JSON here."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Also run the gradient merger's calibration "
+                                   "(loads the model and data) and show the groups it forms."),
 ) -> None:
     """Show what would be adapted (per module type), trainable parameters and estimated memory. Trains nothing."""
     from spectra_core.pipeline import Pipeline
@@ -28,8 +31,11 @@ def plan_cmd(
 
     pipe = Pipeline.from_yaml(config, overrides=overrides or [])
     plan = pipe.plan()
+    before = plan.trainable_parameters()
+    if calibrate:
+        plan = _calibrated(pipe, plan)
     table = Table(title=f"adapter plan ({plan.allocator}, mode {plan.mode})")
-    for col in ("type", "active", "ranks", "LoRA params"):
+    for col in ("type", "active", "ranks", "tiers", "groups", "LoRA params"):
         table.add_column(col, justify="left" if col == "type" else "right")
     by_type: dict[str, list] = {}
     for m in plan.modules.values():
@@ -37,10 +43,18 @@ def plan_cmd(
     for mtype, mods in by_type.items():
         active = [m for m in mods if m.active]
         ranks = sorted({m.rank for m in active})
+        tiers = Counter(m.tier for m in mods if m.tier is not None)
+        groups = {m.group for m in active if m.group is not None}
         table.add_row(mtype, f"{len(active)}/{len(mods)}", ",".join(map(str, ranks)) or "-",
+                      " ".join(f"{t}:{n}" for t, n in tiers.items()) or "-", str(len(groups)) if groups else "-",
                       f"{sum(m.lora_params() for m in mods):,}")
     console = Console()
     console.print(table)
+    for group, members in plan.groups().items():
+        console.print(f"group {group}: {', '.join(members)}")
+    if plan.trainable_parameters() != before:
+        console.print(f"shared LoRAs: {before:,} -> {plan.trainable_parameters():,} trainable parameters "
+                      f"({plan.trainable_parameters() / before:.2f}x)")
     mem = estimate_memory(pipe.model_dir(), pipe.quantizer, plan, trust_remote_code=pipe.config.model.trust_remote_code)
     console.print(f"trainable parameters: {plan.trainable_parameters():,} "
                   f"({len(plan.active())} of {len(plan.modules)} modules active)")
@@ -50,6 +64,18 @@ def plan_cmd(
     if out is not None:
         plan.save(out)
         console.print(f"plan written to {out}")
+
+
+def _calibrated(pipe, plan):
+    """The plan after the configured gradient merger's calibration (groups assigned)."""
+    from spectra_core.calibration import calibration_session
+    from spectra_core.errors import ConfigError
+
+    if pipe.gradient_merger is None:
+        raise ConfigError("--calibrate needs a gradient_merger in the config",
+                          hint="e.g. method: sgm, or gradient_merger: {name: cosine-groups}")
+    session = calibration_session(pipe.config, pipe.quantizer, pipe.model_dir(), pipe.targets(), plan=plan)
+    return pipe.gradient_merger.calibrate(session)
 
 
 @app.command("train")
