@@ -28,6 +28,8 @@ import math
 import os
 import statistics
 import tempfile
+import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -283,7 +285,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("held-out loss per token (lower is better)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 95), fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +324,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, default=2, help="arms run at the same time.")
     ap.add_argument("--out", type=Path, help="raw JSON (default benchmarks/methods-results[-quick].json)")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md and the PNG.")
+    ap.add_argument("--from-json", type=Path, help="only re-render the table and PNG from a results JSON.")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-methods")
     ap.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -341,6 +344,10 @@ def main() -> None:
     if args.arm:
         args.result.write_text(json.dumps(run_arm(args.arm, args.seed, args)))
         return
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        report(saved["mode"], saved["setup"], summarize([r for r in saved["results"] if "error" not in r]))
+        return
     mode = "quick" if args.quick else "full"
     args.data_dir = args.work / "data"
     split_data(args.data_dir)
@@ -352,38 +359,56 @@ def main() -> None:
               f"--lr={args.lr}", f"--full-lr={args.full_lr}", f"--threads={args.threads}",
               f"--data-dir={args.data_dir}"]
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    out = args.out or ROOT / "benchmarks" / f"methods-results{'-quick' if args.quick else ''}.json"
     started, load_before = time.perf_counter(), os.getloadavg()
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
 
-    def one(job: tuple[str, int]) -> dict[str, Any]:
+    def save(complete: bool) -> tuple[str, list[dict[str, Any]]]:
+        """Write the raw JSON (after every arm, so an interrupted run keeps what it measured)."""
+        setup = (f"SmolLM2-135M-Instruct (bundled), KJV Genesis+Exodus, {args.steps} steps × batch {args.batch} × "
+                 f"{args.length} tokens = {args.steps * args.batch * args.length:,} training tokens per arm, "
+                 f"seeds {args.seeds}, {os.cpu_count()} CPU cores, {args.threads} torch thread(s) per arm, "
+                 f"{args.jobs} arm(s) at a time, load average {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}")
+        rows = summarize([r for r in results if "error" not in r])
+        out.write_text(json.dumps({"mode": mode, "complete": complete, "setup": setup,
+                                   "args": {k: str(v) for k, v in vars(args).items()},
+                                   "wall_s": time.perf_counter() - started, "rows": rows, "results": results},
+                                  indent=2) + "\n")
+        return setup, rows
+
+    def one(job: tuple[str, int]) -> None:
         arm, seed = job
         try:
             result = run_subprocess(__file__, [f"--arm={arm}", f"--seed={seed}", *common], threads=args.threads,
                                     log=logs / f"{arm}-seed{seed}.log")
+            print(f"{arm} seed {seed}: loss {final_loss(result):.4f}, {result['wall_s']:.0f} s", flush=True)
         except RuntimeError as exc:  # one failing arm must not lose the others' results
             print(f"{arm} seed {seed}: FAILED\n{exc}", flush=True)
-            return {"arm": arm, "seed": seed, "error": str(exc)[-2000:]}
-        print(f"{arm} seed {seed}: loss {final_loss(result):.4f}, {result['wall_s']:.0f} s", flush=True)
-        return result
+            result = {"arm": arm, "seed": seed, "error": str(exc)[-2000:]}
+        with lock:
+            results.append(result)
+            save(complete=False)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(one, jobs))
-    rows = summarize([r for r in results if "error" not in r])
+        list(pool.map(one, jobs))
+    order = {job: i for i, job in enumerate(jobs)}
+    results.sort(key=lambda r: order[(r["arm"], r["seed"])])
+    setup, rows = save(complete=True)
+    if args.no_docs:
+        print(setup + "\n\n" + markdown(rows))
+    else:
+        report(mode, setup, rows)
+
+
+def report(mode: str, setup: str, rows: list[dict[str, Any]]) -> None:
+    """Print the table; write it into docs/benchmarks.md and the plot into docs/img/."""
     table = markdown(rows)
-    tokens = args.steps * args.batch * args.length
-    setup = (f"SmolLM2-135M-Instruct (bundled), KJV Genesis+Exodus, {args.steps} steps × batch {args.batch} × "
-             f"{args.length} tokens = {tokens:,} training tokens per arm, seeds {args.seeds}, "
-             f"{os.cpu_count()} CPU cores, {args.threads} torch thread(s) per arm, {args.jobs} arm(s) at a time, "
-             f"load average {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}")
     print(setup + "\n\n" + table)
-    out = args.out or ROOT / "benchmarks" / f"methods-results{'-quick' if args.quick else ''}.json"
-    out.write_text(json.dumps({"mode": mode, "setup": setup, "args": {k: str(v) for k, v in vars(args).items()},
-                               "wall_s": time.perf_counter() - started, "rows": rows, "results": results},
-                              indent=2) + "\n")
-    if not args.no_docs:
-        png = f"methods{'-quick' if args.quick else ''}.png"
-        plot(rows, ROOT / "docs" / "img" / png, f"{mode} run: {args.steps} steps, seeds {args.seeds}")
-        write_docs(mode, f"{setup}.\n\n{table}\n\n![held-out loss vs trainable parameters ({mode} run)](img/{png})",
-                   ROOT / "docs" / "benchmarks.md")
+    png = f"methods{'-quick' if mode == 'quick' else ''}.png"
+    plot(rows, ROOT / "docs" / "img" / png, f"{mode} run: {setup.split(', seeds')[0]}")
+    write_docs(mode, f"{setup}.\n\n{table}\n\n![held-out loss vs trainable parameters ({mode} run)](img/{png})",
+               ROOT / "docs" / "benchmarks.md")
 
 
 if __name__ == "__main__":

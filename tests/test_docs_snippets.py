@@ -1,5 +1,6 @@
-"""Tutorial code cannot rot: every ```python block preceded by ``<!-- test -->`` in docs/ or README.md
-runs as written, in its own interpreter from the repository root (one torch thread, offline hub)."""
+"""Tutorial code cannot rot: every ```python block preceded by ``<!-- test -->`` (or ``<!-- test slow -->``,
+marked slow) in docs/ or README.md runs as written, in its own interpreter from the repository root
+(one torch thread, offline hub)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,23 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = sorted(REPO.glob("docs/**/*.md")) + [REPO / "README.md"]
-BLOCK = re.compile(r"<!-- test -->\s*\n```python\n(.*?)\n```", re.S)
+BLOCK = re.compile(r"<!-- test( slow)? -->\s*\n```python\n(.*?)\n```", re.S)
 
 
-def runnable_blocks() -> list[tuple[str, str]]:
-    """(page:line, code) of each marked block."""
+def runnable_blocks() -> list[tuple[str, Any]]:
+    """(page:line, code as a pytest param, marked slow where asked) of each marked block."""
     found = []
     for page in PAGES:
         text = page.read_text(encoding="utf-8")
         for m in BLOCK.finditer(text):
-            found.append((f"{page.relative_to(REPO)}:{text.count(chr(10), 0, m.start(1)) + 1}", m.group(1)))
+            where = f"{page.relative_to(REPO)}:{text.count(chr(10), 0, m.start(2)) + 1}"
+            found.append((where, pytest.param(m.group(2), id=where, marks=[pytest.mark.slow] if m.group(1) else [])))
     return found
 
 
@@ -34,7 +37,7 @@ def test_the_tutorials_mark_their_examples():
     assert {"docs/architecture.md", "docs/scan.md", "docs/scorers.md"} <= pages, pages
 
 
-@pytest.mark.parametrize("code", [c for _, c in BLOCKS], ids=[w for w, _ in BLOCKS])
+@pytest.mark.parametrize("code", [c for _, c in BLOCKS])
 def test_marked_block_runs(code):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(REPO)}
