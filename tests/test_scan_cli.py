@@ -19,7 +19,7 @@ pytest_plugins = ["scan_fixtures"]
 
 @pytest.fixture
 def cache_env(tmp_path):
-    return {"SPECTRA_CACHE_DIR": str(tmp_path / "cache")}
+    return {"SPECTRA_SCAN_CACHE": str(tmp_path / "cache")}
 
 
 def test_scan_writes_consistent_outputs_and_uses_cache(run_cli, small_real_dir, tmp_path, cache_env):

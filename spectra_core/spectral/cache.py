@@ -15,9 +15,11 @@ from spectra_core.scores import Scores
 
 
 def cache_dir() -> Path:
-    """``$SPECTRA_CACHE_DIR/scans`` or ``~/.cache/spectra/scans``."""
-    root = os.environ.get("SPECTRA_CACHE_DIR") or Path.home() / ".cache" / "spectra"
-    return Path(root) / "scans"
+    """``$SPECTRA_SCAN_CACHE``, else ``$SPECTRA_CACHE/scans`` (default ``~/.cache/spectra/scans``)."""
+    from spectra_core.models import cache_root
+
+    override = os.environ.get("SPECTRA_SCAN_CACHE")
+    return Path(override) if override else cache_root() / "scans"
 
 
 def cache_key(fingerprint: str, scorer: str, options: dict[str, Any], names: list[str]) -> str:
