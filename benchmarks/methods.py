@@ -101,6 +101,23 @@ def run_spectra(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     return {**found, "trainable_parameters": run.plan.trainable_parameters(), "active_modules": len(run.plan.active())}
 
 
+def warm_scan_cache(args: argparse.Namespace) -> None:
+    """Scan once per weight-only scorer in the parent, so the arms read their scans from the cache and
+    their peak RSS measures training (plus grad-norm's calibration, part of that method), not scanning."""
+    from spectra_core.pipeline import Pipeline
+    from spectra_core.strategies import CalibratedScorer
+
+    done = set()
+    for arm in args.arms:
+        for seed in args.seeds:
+            cfg = spectra_config(arm, seed, args, args.work / "scan-only")
+            key = json.dumps(cfg["scorer"], sort_keys=True)
+            pipe = Pipeline.from_dict(cfg)
+            if key not in done and not isinstance(pipe.scorer, CalibratedScorer):
+                done.add(key)
+                pipe.scan(progress=False)
+
+
 # ----- plain torch / peft arms ---------------------------------------------------------------------------
 def evaluate(model: Any, examples: list, pad_id: int, batch_size: int, batches: int) -> float:
     """Held-out loss per label token over the first ``batches`` held-out batches, as the spectra trainer
@@ -171,7 +188,7 @@ def run_spectrum_full(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     from spectra_core.pipeline import Pipeline
     from spectra_core.registry import get_registry
 
-    pipe = Pipeline.from_dict(spectra_config("spectrum-25-full", seed, args, args.data_dir / "unused"))
+    pipe = Pipeline.from_dict(spectra_config("spectrum-25-full", seed, args, args.work / "scan-only"))  # plans only
     chosen = {m.name for m in pipe.plan().active()}
     torch.manual_seed(seed)
     model = get_registry().create("quantizer", "none").load(pipe.model_dir())
@@ -357,7 +374,8 @@ def main() -> None:
               f"--eval-batches={args.eval_batches}", f"--batch={args.batch}",
               f"--length={args.length}", f"--rank={args.rank}", f"--uniform-rank={args.uniform_rank}",
               f"--lr={args.lr}", f"--full-lr={args.full_lr}", f"--threads={args.threads}",
-              f"--data-dir={args.data_dir}"]
+              f"--data-dir={args.data_dir}", f"--work={args.work}"]
+    warm_scan_cache(args)
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     out = args.out or ROOT / "benchmarks" / f"methods-results{'-quick' if args.quick else ''}.json"
     started, load_before = time.perf_counter(), os.getloadavg()
