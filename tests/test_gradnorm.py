@@ -28,8 +28,13 @@ def scan(setup, text_seed: int = 0, **overrides):
     return Pipeline.from_dict(cfg).scan()
 
 
-def test_scores_are_deterministic_positive_finite_and_data_dependent(setup):
-    first, again, other = scan(setup), scan(setup), scan(setup, text_seed=5)
+@pytest.fixture(scope="module")
+def first(setup):
+    return scan(setup)
+
+
+def test_scores_are_deterministic_positive_finite_and_data_dependent(setup, first):
+    again, other = scan(setup), scan(setup, text_seed=5)
     values = [m.score for m in first.modules]
     assert first.scorer == "grad-norm" and len(values) == 2 * 7
     assert all(math.isfinite(v) and v > 0 for v in values)
@@ -39,7 +44,7 @@ def test_scores_are_deterministic_positive_finite_and_data_dependent(setup):
     assert [m.name for m in first.modules] == [m.name for m in other.modules]
 
 
-def test_plan_cli_with_grad_norm(setup, tmp_path):
+def test_plan_cli_with_grad_norm(setup, first, tmp_path):
     model_dir, root = setup
     data = write_text(tmp_path / "text.txt", n=150)
     cfg = {**config_dict(model_dir, data, tmp_path / "run"), "scorer": SCORER}
@@ -51,7 +56,7 @@ def test_plan_cli_with_grad_norm(setup, tmp_path):
     assert "trainable parameters" in res.stdout
     plan = AdapterPlan.load(tmp_path / "plan.json")
     assert len(plan.active()) == 7  # top_fraction 0.5 of 2 layers: one module per type
-    direct = {m.name: m.score for m in scan(setup).modules}
+    direct = {m.name: m.score for m in first.modules}
     for m in plan.active():  # the higher-gradient module of each type was chosen
         twin = next(o for o in plan.modules.values() if o.type == m.type and o.name != m.name)
         assert m.score == pytest.approx(direct[m.name]) and m.score >= twin.score
