@@ -40,7 +40,7 @@ def test_scan_writes_consistent_outputs_and_uses_cache(run_cli, small_real_dir, 
     again = run_cli("scan", small_real_dir, "--out", tmp_path / "out2", "--top-percent", "34", "--quiet", env=cache_env)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "out2" / "scores.json").read_text() == (out / "scores.json").read_text()
-    assert list((tmp_path / "cache" / "scans").glob("*.json"))
+    assert list((tmp_path / "cache").glob("*.json"))
 
 
 def test_scan_mp_with_types_and_select_on_its_result(run_cli, small_real_dir, tmp_path, cache_env):
