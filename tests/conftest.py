@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPECTRUM_REFERENCE = REPO.parent / "shared" / "spectrum-reference"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli():
     """Run ``python -m spectra_core ARGS`` as a real subprocess; returns CompletedProcess."""
 
