@@ -149,16 +149,10 @@ def check_signals(signals: dict[str, torch.Tensor]) -> None:
 
 
 # ----- a session before any plan exists -----------------------------------------------------------------
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The trainer's shuffled example order for one epoch (a pure function of seed and epoch)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
 def first_batches(examples: list[dict[str, list[int]]], *, batch_size: int, seed: int, pad_id: int,
                   n: int) -> Iterator[dict[str, torch.Tensor]]:
     """The first ``n`` micro-batches a single-process training run with this seed would see."""
-    from .data import collate
+    from .data import collate, epoch_order
 
     orders: dict[int, list[int]] = {}
     for m in range(n):

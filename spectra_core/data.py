@@ -239,3 +239,11 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(e["labels"])
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch: a pure function of seed and epoch (resume relies on it)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()

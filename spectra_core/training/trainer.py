@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from ..atomic import atomic_dir, write_text
-from ..data import TokenizedData, collate, load_data
+from ..data import TokenizedData, collate, epoch_order, load_data
 from ..errors import InputError, TrainingError
 from ..plan import AdapterPlan
 from ..run import Run
@@ -132,9 +132,8 @@ class Trainer:
     # ----- data ----------------------------------------------------------------------------------
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
-            g = torch.Generator().manual_seed(self.tcfg.seed * 1_000_003 + epoch)
             self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
-            self._orders[epoch] = torch.randperm(len(self.data.train), generator=g).tolist()
+            self._orders[epoch] = epoch_order(len(self.data.train), self.tcfg.seed, epoch)
         return self._orders[epoch]
 
     def _micro_batch(self, m: int) -> dict[str, torch.Tensor]:
