@@ -17,7 +17,7 @@ Each (arm, seed) runs in its own subprocess (one torch thread by default) so VmH
 raw JSON, a markdown table into docs/benchmarks.md (between markers) and a PNG into docs/img/.
 
     python benchmarks/methods.py --quick      # 1 seed, 8 steps × 4 × 64 tokens: ~10 min on 2 idle cores
-    python benchmarks/methods.py              # 3 seeds, 50 steps × 4 × 128 tokens: ~60-90 min on 2 idle cores
+    python benchmarks/methods.py              # 3 seeds, 100 steps × 4 × 64 tokens: ~75-90 min on 2 idle cores
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def evaluate(model: Any, examples: list, pad_id: int, batch_size: int, batches: 
     model.eval()
     total = count = 0.0
     with torch.no_grad():
-        for i in range(0, min(len(examples), batches * batch_size), batch_size):
+        for i in range(0, min(len(examples), (batches or len(examples)) * batch_size), batch_size):
             loss, n = causal_lm_loss(model, collate(examples[i:i + batch_size], pad_id))
             total, count = total + float(loss), count + n
     model.train()
@@ -323,15 +323,25 @@ def write_docs(section: str, body: str, doc: Path) -> None:
 
 
 # ----- main ------------------------------------------------------------------------------------------
+def machine() -> str:
+    """The CPU model and the commit measured, for the report's setup line."""
+    import subprocess
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "unknown CPU")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return f"{cpu}, commit {commit.stdout.strip() or 'unknown'}"
+
+
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, 8 steps of 4 × 64 tokens (~10-20 min).")
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--calibration-batches", type=int, help="grad-norm and sgm calibration (quick 2, full 8).")
-    ap.add_argument("--eval-batches", type=int, help="held-out batches evaluated (quick 4, full 10 = all).")
+    ap.add_argument("--eval-batches", type=int, help="held-out batches evaluated (quick 4, full: all 20).")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--length", type=int, help="tokens per sequence (quick 64, full 128).")
+    ap.add_argument("--length", type=int, default=64, help="tokens per sequence.")
     ap.add_argument("--rank", type=int, default=16, help="LoRA rank of qlora-all, hybrid-* and sgm.")
     ap.add_argument("--uniform-rank", type=int, default=8, help="Rank of uniform; ALoRS and AdaLoRA budgets.")
     ap.add_argument("--lr", type=float, default=3e-4, help="LoRA / AdaLoRA learning rate.")
@@ -349,10 +359,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.steps = args.steps or (8 if args.quick else 50)
-    args.length = args.length or (64 if args.quick else 128)
+    args.steps = args.steps or (8 if args.quick else 100)
     args.calibration_batches = args.calibration_batches or (2 if args.quick else 8)
-    args.eval_batches = args.eval_batches or (4 if args.quick else 10)
+    args.eval_batches = args.eval_batches or (4 if args.quick else None)
     return args
 
 
@@ -371,14 +380,14 @@ def main() -> None:
     logs = args.work / f"logs-{mode}"
     logs.mkdir(parents=True, exist_ok=True)
     common = [f"--steps={args.steps}", f"--calibration-batches={args.calibration_batches}",
-              f"--eval-batches={args.eval_batches}", f"--batch={args.batch}",
+              *([f"--eval-batches={args.eval_batches}"] if args.eval_batches else []), f"--batch={args.batch}",
               f"--length={args.length}", f"--rank={args.rank}", f"--uniform-rank={args.uniform_rank}",
               f"--lr={args.lr}", f"--full-lr={args.full_lr}", f"--threads={args.threads}",
               f"--data-dir={args.data_dir}", f"--work={args.work}"]
     warm_scan_cache(args)
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     out = args.out or ROOT / "benchmarks" / f"methods-results{'-quick' if args.quick else ''}.json"
-    started, load_before = time.perf_counter(), os.getloadavg()
+    started, load_before, host = time.perf_counter(), os.getloadavg(), machine()
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
 
@@ -387,7 +396,8 @@ def main() -> None:
         setup = (f"SmolLM2-135M-Instruct (bundled), KJV Genesis+Exodus, {args.steps} steps × batch {args.batch} × "
                  f"{args.length} tokens = {args.steps * args.batch * args.length:,} training tokens per arm, "
                  f"seeds {args.seeds}, {os.cpu_count()} CPU cores, {args.threads} torch thread(s) per arm, "
-                 f"{args.jobs} arm(s) at a time, load average {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}")
+                 f"{args.jobs} arm(s) at a time, load average {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}, "
+                 f"{(time.perf_counter() - started) / 60:.0f} min wall, {host}")
         rows = summarize([r for r in results if "error" not in r])
         out.write_text(json.dumps({"mode": mode, "complete": complete, "setup": setup,
                                    "args": {k: str(v) for k, v in vars(args).items()},
