@@ -14,6 +14,7 @@ from .strategies import (
     Method,
     Quantizer,
     Rebalancer,
+    RescoringRebalancer,
     Scorer,
     StrategyOptions,
     TargetModule,
@@ -23,6 +24,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterPlan", "Allocator", "CalibratedScorer", "Exporter", "GradientMerger", "Method", "ModulePlan", "ModuleScore",
-    "PlanChange", "Quantizer", "Rebalancer", "Scorer", "Scores", "StrategyOptions", "TargetModule",
+    "PlanChange", "Quantizer", "Rebalancer", "RescoringRebalancer", "Scorer", "Scores", "StrategyOptions", "TargetModule",
     "hookimpl", "__version__",
 ]

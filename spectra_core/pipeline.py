@@ -96,6 +96,8 @@ class Pipeline:
         plan = self.allocator.allocate(scores, self.targets())
         if plan.method is None:
             plan.method = self.config.method
+        if self.rebalancer is not None:
+            self.rebalancer.check_plan(plan)
         return plan
 
     def train(self, plan: AdapterPlan | None = None, *, scores: Scores | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .plan import AdapterPlan, PlanChange
 from .scores import Scores
@@ -199,13 +199,53 @@ class Rebalancer(Strategy):
 
     stage: ClassVar[Stage] = "rebalancer"
 
+    class Options(StrategyOptions):
+        every_steps: int | None = Field(default=None, gt=0, description="Also rebalance every K optimizer steps "
+                                                                         "(it always runs once after training).")
+
     def every_steps(self) -> int | None:
         """Also run every K optimizer steps (None: only once, after training)."""
         return getattr(self.options, "every_steps", None)
 
+    def check_plan(self, plan: AdapterPlan) -> None:  # noqa: B027 - optional hook
+        """Before training (and in ``spectra plan``): raise ConfigError if this rebalancer cannot work on ``plan``."""
+
     @abstractmethod
     def rebalance(self, session: TrainingSession) -> list[PlanChange]:
         """Change model, optimizer and ``session.plan`` consistently; return the changes made."""
+
+
+class RescoringRebalancer(Rebalancer):
+    """A rebalancer that re-scores the effective weights (base + LoRA delta) with a weight-only scorer.
+
+    The scorer is created with the rebalancer, so a misspelled scorer or option fails when the run's
+    config is loaded, not after training.
+    """
+
+    class Options(Rebalancer.Options):
+        scorer: str = Field(default="spectrum", description="Weight-only scorer for the effective weights.")
+        scorer_options: dict[str, Any] = Field(default_factory=dict, description="Options of that scorer.")
+
+    def __init__(self, options: StrategyOptions | dict[str, Any] | None = None) -> None:
+        from .errors import ConfigError
+        from .registry import get_registry
+
+        super().__init__(options)
+        name = self.options.scorer
+        try:
+            self.scorer = get_registry().create("scorer", name, self.options.scorer_options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ConfigError(f"rebalancer {self.name!r}: invalid scorer_options for scorer {name!r}: "
+                              f"{first['msg']} ({'.'.join(map(str, first['loc']))})",
+                              hint="see the scorer's options with `spectra plugins`") from None
+        if isinstance(self.scorer, CalibratedScorer):
+            raise ConfigError(f"rebalancer {self.name!r} re-scores weights, but scorer {name!r} needs training data",
+                              hint="set rebalancer.options.scorer to a weight-only scorer, e.g. spectrum or mp")
+
+    def rescore(self, session: TrainingSession, names: list[str]) -> Scores:
+        """Scores of the effective weights of ``names``, in that order."""
+        return self.scorer.score(SessionWeights(session, names))
 
 
 class Exporter(Strategy):

@@ -13,7 +13,8 @@ from safetensors import safe_open
 from spectra_core.builtins.quantizers import BnbNF4Quantizer
 from spectra_core.pipeline import Pipeline
 from spectra_core.training import checkpoint as ckpt
-from spectra_core.training.modeling import lora_modules
+from spectra_core.errors import ConfigError
+from spectra_core.training.modeling import effective_weight, lora_modules
 from train_fixtures import make_tiny_model, write_text
 
 TIERS = [{"name": "high", "quantile": [0, 0.25], "rank": 8, "alpha": 8, "lr_scale": 1.0},
@@ -139,6 +140,9 @@ def test_demoted_modules_merge_into_a_float_base_and_export_stays_exact(model_di
     assert merged
     layers = lora_modules(run.model)
     assert all(layers[c.module].merged for c in merged)
+    for c in merged:  # re-scoring reads base + update once, not the merged base + the update again
+        layer = layers[c.module]
+        torch.testing.assert_close(effective_weight(layer), layer.get_base_layer().weight.float())
     expected = logits(run.model, run.model.config.vocab_size)
     adapter = pipe.export(run)["peft-adapter"]
     loaded = PeftModel.from_pretrained(NoQuantizer().load(model_dir), adapter)
@@ -154,3 +158,11 @@ def test_merge_on_a_4bit_base_keeps_a_frozen_lora(model_dir, tmp_path):
     demoted = [c for c in run.plan.history if c.field == "active" and c.after is False]
     assert demoted and all("4-bit base would requantize" in c.reason for c in demoted)
     assert not any(layer.merged for layer in lora_modules(run.model).values())
+
+
+def test_alors_resize_refuses_a_plan_without_tiers_before_training(model_dir, tmp_path):
+    cfg = alors_config(model_dir, write_text(tmp_path / "train.txt", n=50), tmp_path / "run")
+    cfg["allocator"] = {"name": "spectrum-top"}
+    with pytest.raises(ConfigError, match="has no tiers"):
+        Pipeline.from_dict(cfg).train()
+    assert not (tmp_path / "run").exists()

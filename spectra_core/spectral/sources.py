@@ -226,16 +226,28 @@ def guard_bnb_cpu_repack(model: torch.nn.Module) -> None:
             m.support_avx512bf16_for_cpu = False
 
 
-def _dense_weight(module: torch.nn.Module) -> torch.Tensor:
+def dense_weight(module: torch.nn.Module) -> torch.Tensor:
+    """A linear layer's weight as a dense tensor: bitsandbytes 4-bit and torchao NF4 are dequantized."""
     w = module.weight
     state = getattr(w, "quant_state", None)
     if state is not None:  # bitsandbytes Params4bit
         import bitsandbytes.functional as bf
 
         return bf.dequantize_4bit(w.data, state).float()
+    if hasattr(w, "get_original_weight"):  # torchao NF4Tensor
+        return w.get_original_weight().float()
     if w.dtype in (torch.int8, torch.uint8) and hasattr(module, "state"):  # bnb 8-bit
         raise InputError(f"module {type(module).__name__} holds 8-bit weights; scan the float checkpoint instead")
     return w.detach()
+
+
+def with_lora_delta(module: torch.nn.Module, dense: torch.Tensor, adapters: Iterable[str]) -> torch.Tensor:
+    """``dense`` (the base weight of peft layer ``module``) plus the delta of each of ``adapters`` the
+    layer carries, in float32; adapters already merged into the base weight are not added twice."""
+    for adapter in adapters:
+        if adapter in getattr(module, "lora_A", {}) and adapter not in getattr(module, "merged_adapters", []):
+            dense = dense.float() + module.get_delta_weight(adapter).float()
+    return dense
 
 
 def module_source(model: torch.nn.Module, names: Iterable[str] | None = None,
@@ -260,11 +272,9 @@ def module_source(model: torch.nn.Module, names: Iterable[str] | None = None,
         shape = tuple(getattr(getattr(w, "quant_state", None), "shape", None) or w.shape)
 
         def load(module=module, target=target) -> torch.Tensor:
-            dense = _dense_weight(target)
+            dense = dense_weight(target)
             if effective and target is not module:
-                for adapter in getattr(module, "active_adapters", []):
-                    if adapter in getattr(module, "lora_A", {}):
-                        dense = dense.float() + module.get_delta_weight(adapter).float()
+                dense = with_lora_delta(module, dense, getattr(module, "active_adapters", []))
             return dense
 
         entries.extend(_expand(name, shape, load))

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import InputError
 from ..plan import AdapterPlan
+from ..spectral.sources import dense_weight, with_lora_delta
 
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."
@@ -106,24 +107,13 @@ def trainable_named_parameters(model: torch.nn.Module) -> Iterator[tuple[str, to
 
 def base_weight_float(module: torch.nn.Module) -> torch.Tensor:
     """The base weight of a (possibly LoRA-wrapped, possibly 4-bit) linear layer, as float32."""
-    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-    weight = base.weight
-    if type(weight).__name__ == "Params4bit":
-        import bitsandbytes.functional as F
-
-        return F.dequantize_4bit(weight.data, weight.quant_state).float()
-    if hasattr(weight, "get_original_weight"):  # torchao NF4Tensor
-        return weight.get_original_weight().float()
-    return weight.detach().float()
+    return dense_weight(module.get_base_layer() if hasattr(module, "get_base_layer") else module).float()
 
 
 def effective_weight(module: torch.nn.Module) -> torch.Tensor:
-    """float32 base weight + LoRA delta (the delta only where the module carries a LoRA)."""
-    w = base_weight_float(module)
-    if hasattr(module, "lora_A") and ADAPTER in module.lora_A:
-        with torch.no_grad():
-            w = w + module.get_delta_weight(ADAPTER).float()
-    return w
+    """float32 base weight + the LoRA delta, where the module carries a LoRA not yet merged into the base."""
+    with torch.no_grad():
+        return with_lora_delta(module, base_weight_float(module), [ADAPTER])
 
 
 def load_trained_model(run: Any) -> Any:

@@ -9,11 +9,11 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from spectra_core import PlanChange, Rebalancer, StrategyOptions
+from spectra_core import PlanChange, RescoringRebalancer
+from spectra_core.errors import ConfigError
 from spectra_core.plan import AdapterPlan, ModulePlan
-from spectra_core.registry import get_registry
 from spectra_core.scores import ModuleScore
-from spectra_core.strategies import SessionWeights, TrainingSession
+from spectra_core.strategies import TrainingSession
 
 from .resize import energy_rank, is_float_base, resize_lora, sync_peft_config, update_spectrum
 from .tiers import ranked_by_type
@@ -47,20 +47,22 @@ def tier_specs(plan: AdapterPlan) -> list[TierSpec]:
     return sorted(specs, key=lambda s: (s.active, s.rank), reverse=True)
 
 
-class AlorsResize(Rebalancer):
+class AlorsResize(RescoringRebalancer):
     """Re-score base + BA of each adapted module; move modules between tiers, resizing their LoRA."""
 
     name = "alors-resize"
 
-    class Options(StrategyOptions):
-        every_steps: int | None = Field(default=None, gt=0, description="Also rebalance every K optimizer steps.")
-        scorer: str = Field(default="spectrum", description="Scorer for the effective weights (base + BA).")
-        scorer_options: dict[str, Any] = Field(default_factory=dict)
+    class Options(RescoringRebalancer.Options):
         on_demote: Literal["keep", "merge"] = Field(
             default="keep", description="A module moved to a frozen tier keeps its update as a frozen LoRA "
             "(keep), or has it merged into the base weight (merge; exact on a float base only, on a 4-bit base "
             "it stays a frozen LoRA). A merged module's LoRA is still saved, so the adapter stays complete.")
         seed: int = Field(default=0, description="Seed of the new rows of A when a LoRA grows.")
+
+    def check_plan(self, plan: AdapterPlan) -> None:
+        if not any(m.tier for m in plan.modules.values()):
+            raise ConfigError(f"rebalancer alors-resize moves modules between ALoRS tiers, but the plan from "
+                              f"allocator {plan.allocator!r} has no tiers", hint="use allocator alors-tiers (method: alors)")
 
     def rebalance(self, session: TrainingSession) -> list[PlanChange]:
         plan, lora = session.plan, session.lora_modules()
@@ -68,8 +70,7 @@ class AlorsResize(Rebalancer):
         order = list(specs)
         movable = [m for m in plan.modules.values()
                    if m.tier in specs and m.name in lora and not lora[m.name].merged]
-        scorer = get_registry().create("scorer", self.options.scorer, self.options.scorer_options)
-        scores = scorer.score(SessionWeights(session, [m.name for m in movable]))
+        scores = self.rescore(session, [m.name for m in movable])
         target = _retier(scores.modules, {m.name: m.tier for m in movable}, order)
         start = len(plan.history)
         generator = torch.Generator().manual_seed(self.options.seed + session.step)

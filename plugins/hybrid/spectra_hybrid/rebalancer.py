@@ -2,40 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
-from spectra_core import PlanChange, Rebalancer, StrategyOptions
+from spectra_core import AdapterPlan, PlanChange, RescoringRebalancer
 from spectra_core.errors import ConfigError
-from spectra_core.registry import get_registry
-from spectra_core.strategies import SessionWeights, TrainingSession
+from spectra_core.strategies import TrainingSession
 
 from .selection import top_per_type
 
 
-class SnrReselect(Rebalancer):
+class SnrReselect(RescoringRebalancer):
     """Re-score base + LoRA delta of every injected module; keep the same count per type active."""
 
     name = "snr-reselect"
 
-    class Options(StrategyOptions):
-        every_steps: int | None = Field(default=None, gt=0, description="Also re-select every K steps.")
-        scorer: str = Field(default="spectrum", description="Scorer used to re-score effective weights.")
-        scorer_options: dict[str, Any] = Field(default_factory=dict)
+    class Options(RescoringRebalancer.Options):
         on_deactivate: Literal["keep", "drop"] = Field(
             default="keep",
             description="keep: a deactivated module keeps its learned update, frozen; drop: zero it.")
 
+    def check_plan(self, plan: AdapterPlan) -> None:
+        if plan.mode != "all-inactive":
+            raise ConfigError(f"rebalancer snr-reselect needs LoRA in every target module; the plan's mode is "
+                              f"{plan.mode!r}", hint="set allocator.options.mode: all-inactive (method: hybrid does)")
+
     def rebalance(self, session: TrainingSession) -> list[PlanChange]:
         plan = session.plan
-        if plan.mode != "all-inactive":
-            raise ConfigError("rebalancer snr-reselect needs LoRA in every target module",
-                              hint="set allocator.options.mode: all-inactive")
+        self.check_plan(plan)
         names = [m.name for m in plan.injected()]
-        scorer = get_registry().create("scorer", self.options.scorer, self.options.scorer_options)
-        scores = scorer.score(SessionWeights(session, names))
+        scores = self.rescore(session, names)
         fraction_of_type: dict[str, float] = {}
         for t in {m.type for m in plan.modules.values()}:
             members = [m for m in plan.modules.values() if m.type == t]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from spectra_core import PlanChange, Rebalancer
 from spectra_core.strategies import TrainingSession
 
@@ -18,8 +16,8 @@ class CosineRegroup(Rebalancer):
 
     name = "cosine-regroup"
 
-    class Options(GroupingOptions):
-        every_steps: int | None = Field(default=None, gt=0, description="Also regroup every K optimizer steps.")
+    class Options(GroupingOptions, Rebalancer.Options):
+        """The merger's grouping options plus ``every_steps``."""
 
     def rebalance(self, session: TrainingSession) -> list[PlanChange]:
         """Members whose group changes get their own copy of their current values; a new group starts
