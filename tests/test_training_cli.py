@@ -33,9 +33,20 @@ def test_plan_prints_table_and_writes_nothing(tiny_model_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "self_attn.q_proj" in res.stdout and "2/2" in res.stdout
     assert "trainable parameters: 8,192" in res.stdout and "estimated memory (none)" in res.stdout
+    assert "= a uniform LoRA of rank 4.00 on every target" in res.stdout
     assert not (tmp_path / "run").exists()
     res = _run("plan", str(cfg), "--out", str(tmp_path / "plan.json"))
     assert res.returncode == 0 and (tmp_path / "plan.json").is_file()
+
+
+def test_plan_shows_tiers_with_their_ranks(tiny_model_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_model_dir, "run")
+    tiers = ('[{"name": "high", "quantile": [0, 0.5], "rank": 8, "alpha": 16}, '
+             '{"name": "low", "quantile": [0.5, 1], "rank": 0}]')
+    res = _run("plan", str(cfg), "allocator={name: alors-tiers}", f"allocator.options.tiers={tiers}")
+    assert res.returncode == 0, res.stderr
+    assert "high 1×r8 low 1 frozen" in res.stdout
+    assert "= a uniform LoRA of rank 4.00 on every target" in res.stdout  # half the modules at rank 8
 
 
 def test_train_reports_loss_and_refuses_existing_run(tiny_model_dir, tmp_path):

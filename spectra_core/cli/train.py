@@ -34,21 +34,22 @@ def plan_cmd(
     before = plan.trainable_parameters()
     if calibrate:
         plan = _calibrated(pipe, plan)
+    tiered, grouped = any(m.tier for m in plan.modules.values()), bool(plan.groups())
+    columns = ["type", "active", "tiers" if tiered else "ranks", *(["groups"] if grouped else []), "LoRA params"]
     table = Table(title=f"adapter plan ({plan.allocator}, mode {plan.mode})")
-    for col in ("type", "active", "ranks", "tiers", "groups", "LoRA params"):
-        table.add_column(col, justify="left" if col == "type" else "right")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("type", "tiers") else "right")
     by_type: dict[str, list] = {}
     for m in plan.modules.values():
         by_type.setdefault(m.type, []).append(m)
     for mtype, mods in by_type.items():
         active = [m for m in mods if m.active]
-        ranks = sorted({m.rank for m in active})
-        tiers = Counter(m.tier for m in mods if m.tier is not None)
-        groups = {m.group for m in active if m.group is not None}
-        table.add_row(mtype, f"{len(active)}/{len(mods)}", ",".join(map(str, ranks)) or "-",
-                      " ".join(f"{t}:{n}" for t, n in tiers.items()) or "-", str(len(groups)) if groups else "-",
-                      f"{sum(m.lora_params() for m in mods):,}")
-    console = Console()
+        cells = {"type": mtype, "active": f"{len(active)}/{len(mods)}", "tiers": _tiers(mods),
+                 "ranks": ",".join(map(str, sorted({m.rank for m in active}))) or "-",
+                 "groups": str(len({m.group for m in active if m.group is not None})),
+                 "LoRA params": f"{sum(m.lora_params() for m in mods):,}"}
+        table.add_row(*(cells[c] for c in columns))
+    console = Console(soft_wrap=True)  # long summary lines stay whole (greppable in logs)
     console.print(table)
     for group, members in plan.groups().items():
         console.print(f"group {group}: {', '.join(members)}")
@@ -56,14 +57,27 @@ def plan_cmd(
         console.print(f"shared LoRAs: {before:,} -> {plan.trainable_parameters():,} trainable parameters "
                       f"({plan.trainable_parameters() / before:.2f}x)")
     mem = estimate_memory(pipe.model_dir(), pipe.quantizer, plan, trust_remote_code=pipe.config.model.trust_remote_code)
+    per_rank = sum(sum(m.shape) for m in plan.modules.values())  # LoRA parameters per unit of rank
     console.print(f"trainable parameters: {plan.trainable_parameters():,} "
-                  f"({len(plan.active())} of {len(plan.modules)} modules active)")
+                  f"({len(plan.active())} of {len(plan.modules)} modules active) = a uniform LoRA of rank "
+                  f"{plan.trainable_parameters() / per_rank:.2f} on every target")
     console.print(f"estimated memory ({pipe.quantizer.name}): base {_gib(mem['base_bytes'])} + LoRA "
                   f"{_gib(mem['lora_bytes'])} + grads/AdamW {_gib(mem['optimizer_bytes'])} = "
                   f"{_gib(mem['total_bytes'])} (activations not included)")
     if out is not None:
         plan.save(out)
         console.print(f"plan written to {out}")
+
+
+def _tiers(mods: list) -> str:
+    """Each tier's module count and trained ranks, highest first: 'high 7×r16 medium 8×r4 low 15 frozen'."""
+    counts: Counter[str] = Counter(m.tier for m in mods if m.tier is not None)
+    ranks = {t: sorted({m.rank for m in mods if m.tier == t and m.active}, reverse=True) for t in counts}
+
+    def label(t: str) -> str:
+        return f"{t} {counts[t]}" + ("×" + ",".join(f"r{r}" for r in ranks[t]) if ranks[t] else " frozen")
+
+    return " ".join(label(t) for t in sorted(counts, key=lambda t: ranks[t][:1] or [-1], reverse=True)) or "-"
 
 
 def _calibrated(pipe, plan):

@@ -85,13 +85,19 @@ def snr_heatmap(scores: Scores, plan: AdapterPlan, path: Path) -> Path:
 
 
 def ranks_picture(plan: AdapterPlan, path: Path, *, dpi: int) -> Path:
-    """LoRA rank of every adapted module (blank: no LoRA)."""
+    """LoRA rank of every trained module; grey, rank in brackets: a LoRA that is present but frozen
+    (an inactive or demoted module); blank: no LoRA."""
+    from matplotlib.colors import ListedColormap
+
     grid = Grid(list(plan.modules))
-    injected = {m.name: float(m.rank) for m in plan.injected()}
-    fig, ax = grid.figure("LoRA rank")
-    image = ax.imshow(grid.matrix(injected), aspect="auto", cmap="magma_r")
+    trained = {m.name: float(m.rank) for m in plan.injected() if m.active}
+    frozen = {m.name: float(m.rank) for m in plan.injected() if not m.active}
+    fig, ax = grid.figure("LoRA rank" + (" (grey: frozen LoRA)" if frozen else ""))
+    if frozen:
+        ax.imshow(grid.matrix(frozen), aspect="auto", cmap=ListedColormap(["0.85"]))
+    image = ax.imshow(grid.matrix(trained), aspect="auto", cmap="YlOrRd", vmin=0)
     fig.colorbar(image, ax=ax, label="rank")
-    grid.annotate(ax, {n: str(int(r)) for n, r in injected.items()})
+    grid.annotate(ax, {n: str(int(r)) for n, r in trained.items()} | {n: f"({int(r)})" for n, r in frozen.items()})
     return _save(fig, path, dpi)
 
 
