@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .config import load_config
+from .errors import ConfigError
 from .plan import AdapterPlan
 from .registry import Registry, get_registry
 from .scores import Scores
@@ -99,6 +100,16 @@ class Pipeline:
         if self.rebalancer is not None:
             self.rebalancer.check_plan(plan)
         return plan
+
+    def calibrate(self, plan: AdapterPlan) -> AdapterPlan:
+        """``plan`` after the gradient merger's calibration (groups assigned); loads the model and data."""
+        from .calibration import calibration_session
+
+        if self.gradient_merger is None:
+            raise ConfigError("calibrating a plan (spectra plan --calibrate) needs a gradient_merger in the config",
+                              hint="e.g. method: sgm, or gradient_merger: {name: cosine-groups}")
+        session = calibration_session(self.config, self.quantizer, self.model_dir(), self.targets(), plan=plan)
+        return self.gradient_merger.calibrate(session)
 
     def train(self, plan: AdapterPlan | None = None, *, scores: Scores | None = None,
               resume: bool = False, overwrite: bool = False):

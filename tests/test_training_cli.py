@@ -128,4 +128,4 @@ def test_plan_calibrate_shows_groups_and_saving(tiny_model_dir, tmp_path):
     assert "group g0:" in res.stdout and "shared LoRAs: 8,192 ->" in res.stdout
     assert not (tmp_path / "run").exists()
     res = _run("plan", str(cfg), "--calibrate")
-    assert res.returncode == 2 and "--calibrate needs a gradient_merger" in res.stderr
+    assert res.returncode == 2 and "spectra plan --calibrate) needs a gradient_merger" in res.stderr

@@ -33,7 +33,7 @@ def plan_cmd(
     plan = pipe.plan()
     before = plan.trainable_parameters()
     if calibrate:
-        plan = _calibrated(pipe, plan)
+        plan = pipe.calibrate(plan)
     tiered, grouped = any(m.tier for m in plan.modules.values()), bool(plan.groups())
     columns = ["type", "active", "tiers" if tiered else "ranks", *(["groups"] if grouped else []), "LoRA params"]
     table = Table(title=f"adapter plan ({plan.allocator}, mode {plan.mode})")
@@ -78,18 +78,6 @@ def _tiers(mods: list) -> str:
         return f"{t} {counts[t]}" + ("×" + ",".join(f"r{r}" for r in ranks[t]) if ranks[t] else " frozen")
 
     return " ".join(label(t) for t in sorted(counts, key=lambda t: ranks[t][:1] or [-1], reverse=True)) or "-"
-
-
-def _calibrated(pipe, plan):
-    """The plan after the configured gradient merger's calibration (groups assigned)."""
-    from spectra_core.calibration import calibration_session
-    from spectra_core.errors import ConfigError
-
-    if pipe.gradient_merger is None:
-        raise ConfigError("--calibrate needs a gradient_merger in the config",
-                          hint="e.g. method: sgm, or gradient_merger: {name: cosine-groups}")
-    session = calibration_session(pipe.config, pipe.quantizer, pipe.model_dir(), pipe.targets(), plan=plan)
-    return pipe.gradient_merger.calibrate(session)
 
 
 @app.command("train")

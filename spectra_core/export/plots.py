@@ -102,14 +102,16 @@ def ranks_picture(plan: AdapterPlan, path: Path, *, dpi: int) -> Path:
 
 
 def groups_picture(plan: AdapterPlan, path: Path, *, dpi: int) -> Path:
-    """Modules colored by the group whose LoRA they share (blank: no group)."""
+    """Modules colored by the group whose LoRA they share; grey: trained with its own LoRA; blank: frozen."""
     from matplotlib.colors import ListedColormap
 
     plt = _pyplot()
     groups = plan.groups()
     index = {name: float(i) for i, members in enumerate(groups.values()) for name in members}
     grid = Grid(list(plan.modules))
-    fig, ax = grid.figure(f"shared-LoRA groups ({len(groups)})")
+    fig, ax = grid.figure(f"shared-LoRA groups ({len(groups)}); grey: own LoRA")
+    own = {m.name: 0.0 for m in plan.active() if m.name not in index}
+    ax.imshow(grid.matrix(own), aspect="auto", cmap=ListedColormap(["0.85"]))
     colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(groups))]
     ax.imshow(grid.matrix(index), aspect="auto", cmap=ListedColormap(colors), vmin=-0.5, vmax=len(groups) - 0.5)
     grid.annotate(ax, {name: gid for gid, members in groups.items() for name in members})
