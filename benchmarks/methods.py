@@ -37,6 +37,8 @@ from typing import Any
 
 from common import DATA, ROOT, peak_rss_mib, run_measurements, run_subprocess
 
+from spectra_core.atomic import write_text
+
 SCORERS = ("spectrum", "mp", "grad-norm", "random")
 ARMS = ("qlora-all", "uniform", "alors", *(f"hybrid-{s}" for s in SCORERS), "sgm", "spectrum-25-full", "adalora")
 HELD_OUT_FRACTION = 0.06
@@ -319,7 +321,7 @@ def write_docs(section: str, body: str, doc: Path) -> None:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    doc.write_text(text, encoding="utf-8")
+    write_text(doc, text)
 
 
 # ----- main ------------------------------------------------------------------------------------------
@@ -350,7 +352,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per arm.")
     ap.add_argument("--jobs", type=int, default=2, help="arms run at the same time.")
     ap.add_argument("--out", type=Path, help="raw JSON (default benchmarks/methods-results[-quick].json)")
-    ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md and the PNG.")
+    ap.add_argument("--no-docs", action="store_true", help="do not write benchmarks.md and the PNG.")
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs", help="docs folder: benchmarks.md and img/ go here.")
     ap.add_argument("--from-json", type=Path, help="only re-render the table and PNG from a results JSON.")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-methods")
     ap.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
@@ -372,7 +375,7 @@ def main() -> None:
         return
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
-        report(saved["mode"], saved["setup"], summarize([r for r in saved["results"] if "error" not in r]))
+        report(saved["mode"], saved["setup"], summarize([r for r in saved["results"] if "error" not in r]), args.docs)
         return
     mode = "quick" if args.quick else "full"
     args.data_dir = args.work / "data"
@@ -399,10 +402,10 @@ def main() -> None:
                  f"{args.jobs} arm(s) at a time, load average {load_before[0]:.1f} → {os.getloadavg()[0]:.1f}, "
                  f"{(time.perf_counter() - started) / 60:.0f} min wall, {host}")
         rows = summarize([r for r in results if "error" not in r])
-        out.write_text(json.dumps({"mode": mode, "complete": complete, "setup": setup,
-                                   "args": {k: str(v) for k, v in vars(args).items()},
-                                   "wall_s": time.perf_counter() - started, "rows": rows, "results": results},
-                                  indent=2) + "\n")
+        write_text(out, json.dumps({"mode": mode, "complete": complete, "setup": setup,
+                                    "args": {k: str(v) for k, v in vars(args).items()},
+                                    "wall_s": time.perf_counter() - started, "rows": rows, "results": results},
+                                   indent=2) + "\n")
         return setup, rows
 
     def one(job: tuple[str, int]) -> None:
@@ -426,17 +429,17 @@ def main() -> None:
     if args.no_docs:
         print(setup + "\n\n" + markdown(rows))
     else:
-        report(mode, setup, rows)
+        report(mode, setup, rows, args.docs)
 
 
-def report(mode: str, setup: str, rows: list[dict[str, Any]]) -> None:
-    """Print the table; write it into docs/benchmarks.md and the plot into docs/img/."""
+def report(mode: str, setup: str, rows: list[dict[str, Any]], docs: Path) -> None:
+    """Print the table; write it into ``docs``/benchmarks.md and the plot into ``docs``/img/."""
     table = markdown(rows)
     print(setup + "\n\n" + table)
     png = f"methods{'-quick' if mode == 'quick' else ''}.png"
-    plot(rows, ROOT / "docs" / "img" / png, f"{mode} run: {setup.split(', seeds')[0]}")
+    plot(rows, docs / "img" / png, f"{mode} run: {setup.split(', seeds')[0]}")
     write_docs(mode, f"{setup}.\n\n{table}\n\n![held-out loss vs trainable parameters ({mode} run)](img/{png})",
-               ROOT / "docs" / "benchmarks.md")
+               docs / "benchmarks.md")
 
 
 if __name__ == "__main__":
