@@ -24,6 +24,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterPlan", "Allocator", "CalibratedScorer", "Exporter", "GradientMerger", "Method", "ModulePlan", "ModuleScore",
-    "PlanChange", "Quantizer", "Rebalancer", "RescoringRebalancer", "Scorer", "Scores", "StrategyOptions", "TargetModule",
-    "hookimpl", "__version__",
+    "PlanChange", "Quantizer", "Rebalancer", "RescoringRebalancer", "Scorer", "Scores", "StrategyOptions",
+    "TargetModule", "hookimpl", "__version__",
 ]

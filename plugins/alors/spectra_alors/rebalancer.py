@@ -62,7 +62,8 @@ class AlorsResize(RescoringRebalancer):
     def check_plan(self, plan: AdapterPlan) -> None:
         if not any(m.tier for m in plan.modules.values()):
             raise ConfigError(f"rebalancer alors-resize moves modules between ALoRS tiers, but the plan from "
-                              f"allocator {plan.allocator!r} has no tiers", hint="use allocator alors-tiers (method: alors)")
+                              f"allocator {plan.allocator!r} has no tiers",
+                              hint="use allocator alors-tiers (method: alors)")
 
     def rebalance(self, session: TrainingSession) -> list[PlanChange]:
         plan, lora = session.plan, session.lora_modules()
