@@ -276,7 +276,8 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _pm(mean: float, sd: float, fmt: str = "{:.4f}") -> str:
-    return fmt.format(mean) + ("" if math.isnan(sd) else " ± " + fmt.format(sd))
+    """'mean ± sd' (the sd unsigned even where the mean shows its sign)."""
+    return fmt.format(mean) + ("" if math.isnan(sd) else " ± " + fmt.replace("+", "").format(sd))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -290,17 +291,36 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Held-out loss (± sd over seeds) vs trainable parameters. An arm far above the rest (more than 0.5
+    over the median loss) is drawn on the top edge with its value, so the others stay readable; labels
+    of arms with equal parameter counts are stacked instead of overlapping."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    median = statistics.median(r["loss"] for r in rows)
+    inliers = [r for r in rows if r["loss"] <= median + 0.5] or rows
+    low = min(r["loss"] - _sd(r) for r in inliers)
+    high = max(r["loss"] + _sd(r) for r in inliers)
+    pad = 0.08 * (high - low or 1.0)
+    top = high + 3 * pad
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    ax.set_ylim(low - pad, top)
+    gap = 0.045 * (top - low + pad)
+    by_x: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
-        sd = 0.0 if math.isnan(r["loss_std"]) else r["loss_std"]
-        ax.errorbar(r["trainable_parameters"], r["loss"], yerr=sd, fmt="o", capsize=3)
-        ax.annotate(r["arm"], (r["trainable_parameters"], r["loss"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+        by_x.setdefault(r["trainable_parameters"], []).append(r)
+    for x, group in by_x.items():
+        label_y = -math.inf
+        for r in sorted(group, key=lambda r: min(r["loss"], top)):
+            shown = min(r["loss"], top - pad / 2)
+            off_scale = r["loss"] > top
+            ax.errorbar(x, shown, yerr=0 if off_scale else _sd(r), fmt="^" if off_scale else "o", capsize=3)
+            label_y = max(shown, label_y + gap)
+            text = f"{r['arm']} ({r['loss']:.2f}, off scale)" if off_scale else r["arm"]
+            ax.annotate(text, (x, shown), xytext=(x * 1.12, label_y), fontsize=8, va="center",
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("held-out loss per token (lower is better)")
@@ -310,6 +330,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _sd(row: dict[str, Any]) -> float:
+    return 0.0 if math.isnan(row["loss_std"]) else row["loss_std"]
 
 
 def write_docs(section: str, body: str, doc: Path) -> None:
