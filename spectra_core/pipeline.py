@@ -39,6 +39,7 @@ class Pipeline:
             [self._build("exporter", e, None) for e in given] if given is not None
             else [self._build("exporter", None, section) for section in config.exporters])
         self._model_dir: Path | None = None
+        self._scores: Scores | None = None  # the last scan, handed to train() when no scores are given
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, overrides: list[str] = (), **strategies: Any) -> Pipeline:
@@ -87,9 +88,12 @@ class Pipeline:
         if isinstance(self.scorer, CalibratedScorer):
             from .calibration import calibration_session
 
-            return self.scorer.score_session(
+            self._scores = self.scorer.score_session(
                 calibration_session(self.config, self.quantizer, self.model_dir(), targets))
-        return run_scan(self.model_dir(), self.scorer, names=[t.name for t in targets], progress=progress).scores
+        else:
+            names = [t.name for t in targets]
+            self._scores = run_scan(self.model_dir(), self.scorer, names=names, progress=progress).scores
+        return self._scores
 
     def plan(self, scores: Scores | None = None) -> AdapterPlan:
         """Allocate adapter capacity from the scores (scanning first if none are given)."""
@@ -113,9 +117,12 @@ class Pipeline:
 
     def train(self, plan: AdapterPlan | None = None, *, scores: Scores | None = None,
               resume: bool = False, overwrite: bool = False):
-        """Train per the plan; returns the finished :class:`spectra_core.run.Run`."""
+        """Train per the plan (planning first if none is given); returns the finished :class:`spectra_core.run.Run`.
+
+        The run records ``scores`` (default: this pipeline's last scan) as ``scores.json``."""
         from .training.trainer import Trainer
 
+        scores = scores if scores is not None else self._scores
         if plan is None and not resume:
             scores = scores if scores is not None else self.scan()
             plan = self.plan(scores)

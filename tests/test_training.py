@@ -198,3 +198,14 @@ def test_merger_and_rebalancer_hooks(tiny_model_dir, data_file, tmp_path):
         assert not any(p.requires_grad for p in lora_parameters(layers[c["module"]]))
     assert any(r.get("event") == "rebalance" for r in read_metrics(tmp_path / "run" / "metrics.jsonl"))
     assert PlanChange.model_validate(dropped[0]).field == "active"
+
+
+def test_scan_plan_train_in_python_keeps_the_scan_for_the_exporters(tiny_model_dir, tmp_path):
+    cfg = config_dict(tiny_model_dir, write_text(tmp_path / "d.txt", 60), tmp_path / "run", max_steps=1)
+    cfg["exporters"] = [{"name": "spectrum-yaml"}]
+    pipe = Pipeline.from_dict(cfg)
+    scores = pipe.scan()
+    run = pipe.train(pipe.plan(scores))  # no scores= : the pipeline hands over its scan
+    assert Run.load(run.run_dir).scores == scores
+    text = pipe.export(run)["spectrum-yaml"].read_text()
+    assert all(m.name in text for m in run.plan.active())

@@ -24,7 +24,9 @@ class SpectrumYamlExporter(Exporter):
 
     def export(self, run: RunArtifacts, destination: Path) -> Path:
         if run.scores is None:
-            raise InputError(f"{run.run_dir} has no scores.json", hint="re-run the scan: `spectra train` writes it")
+            raise InputError(f"{run.run_dir} has no scores.json (the run was trained without scores)",
+                             hint="train with `spectra train`, or pass scores= to Pipeline.train (a Pipeline that "
+                                  "scanned passes its scan)")
         by_name = run.scores.by_name()
         selection: Selection = {}
         for type_ in run.scores.types():
