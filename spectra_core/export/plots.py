@@ -112,7 +112,8 @@ def groups_picture(plan: AdapterPlan, path: Path, *, dpi: int) -> Path:
     fig, ax = grid.figure(f"shared-LoRA groups ({len(groups)}); grey: own LoRA")
     own = {m.name: 0.0 for m in plan.active() if m.name not in index}
     ax.imshow(grid.matrix(own), aspect="auto", cmap=ListedColormap(["0.85"]))
-    colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(groups))]
+    palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]  # greys mean "own"
+    colors = [palette[i % len(palette)] for i in range(len(groups))]
     ax.imshow(grid.matrix(index), aspect="auto", cmap=ListedColormap(colors), vmin=-0.5, vmax=len(groups) - 0.5)
     grid.annotate(ax, {name: gid for gid, members in groups.items() for name in members})
     return _save(fig, path, dpi)
