@@ -238,7 +238,7 @@ class RescoringRebalancer(Rebalancer):
             first = exc.errors()[0]
             raise ConfigError(f"rebalancer {self.name!r}: invalid scorer_options for scorer {name!r}: "
                               f"{first['msg']} ({'.'.join(map(str, first['loc']))})",
-                              hint="see the scorer's options with `spectra plugins`") from None
+                              hint="`spectra config schema` lists every scorer's options") from None
         if isinstance(self.scorer, CalibratedScorer):
             raise ConfigError(f"rebalancer {self.name!r} re-scores weights, but scorer {name!r} needs training data",
                               hint="set rebalancer.options.scorer to a weight-only scorer, e.g. spectrum or mp")
