@@ -22,7 +22,6 @@ from pathlib import Path
 from common import DATA, peak_rss_mib, run_measurements, run_subprocess
 
 
-
 def arm_config(arm: str, args: argparse.Namespace, out: Path) -> dict:
     config = {
         "quantizer": {"name": "bnb-nf4"},

@@ -54,7 +54,9 @@ def run_subprocess(script: str | Path, args: list[str], *, threads: int, log: Pa
 def run_measurements(run_dir: Path) -> dict[str, Any]:
     """Held-out loss at the start, after training and (if a rebalancer ran) after rebalancing, and the
     median time per optimizer step (the first step, which warms up, left out), from ``metrics.jsonl``."""
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+    from spectra_core.training.metrics import read_metrics
+
+    records = read_metrics(Path(run_dir) / "metrics.jsonl")
     evals = [r for r in records if "eval_loss" in r]
     steps = [r["step_time_s"] for r in records if "step_time_s" in r]
     return {

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, peak_rss_mib
+from common import DATA, peak_rss_mib, run_measurements
 
 ARMS = ("hybrid-25", "qlora-all")
 
@@ -48,19 +48,15 @@ def _config(args: argparse.Namespace, out: Path) -> dict:
 def run_hybrid(args: argparse.Namespace) -> dict:
     """The spectra trainer: chunked loss, no graph below the lowest adapted layer."""
     from spectra_core.pipeline import Pipeline
-    from spectra_core.training.metrics import read_metrics
 
     with tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline.from_dict(_config(args, Path(tmp) / "run"))
         plan = pipe.plan()
         rss_before = _rss_mib()
-        pipe.train(plan)
-        records = read_metrics(Path(tmp) / "run" / "metrics.jsonl")
-    steps = [r["step_time_s"] for r in records if "step_time_s" in r][1:]
-    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
-    return {"arm": "hybrid-25", "trainable_params": plan.trainable_parameters(), "step_time_s": statistics.median(steps),
-            "eval_loss_before": evals[0], "eval_loss_after": evals[-1], "peak_rss_mib": peak_rss_mib(),
-            "rss_before_train_mib": rss_before, "active_modules": len(plan.active())}
+        found = run_measurements(pipe.train(plan).run_dir)
+    return {"arm": "hybrid-25", "trainable_params": plan.trainable_parameters(), "step_time_s": found["step_time_s"],
+            "eval_loss_before": found["eval_loss_start"], "eval_loss_after": found["eval_loss_end"],
+            "peak_rss_mib": peak_rss_mib(), "rss_before_train_mib": rss_before, "active_modules": len(plan.active())}
 
 
 def run_qlora_all(args: argparse.Namespace) -> dict:

@@ -152,16 +152,10 @@ def check_signals(signals: dict[str, torch.Tensor]) -> None:
 def first_batches(examples: list[dict[str, list[int]]], *, batch_size: int, seed: int, pad_id: int,
                   n: int) -> Iterator[dict[str, torch.Tensor]]:
     """The first ``n`` micro-batches a single-process training run with this seed would see."""
-    from .data import collate, epoch_order
+    from .data import collate, micro_batch_indices
 
-    orders: dict[int, list[int]] = {}
     for m in range(n):
-        idx = []
-        for k in range(m * batch_size, (m + 1) * batch_size):
-            epoch = k // len(examples)
-            if epoch not in orders:
-                orders[epoch] = epoch_order(len(examples), seed, epoch)
-            idx.append(orders[epoch][k % len(examples)])
+        idx = micro_batch_indices(m, batch_size=batch_size, n=len(examples), seed=seed)
         yield collate([examples[i] for i in idx], pad_id)
 
 

@@ -15,6 +15,8 @@ Sequences longer than ``max_length`` are truncated and counted (:class:`DataStat
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,9 +243,17 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     """The shuffled example order of one epoch: a pure function of seed and epoch (resume relies on it)."""
     import torch
 
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    return tuple(torch.randperm(n, generator=g).tolist())
+
+
+def micro_batch_indices(m: int, *, batch_size: int, n: int, seed: int, world: int = 1, rank: int = 0) -> list[int]:
+    """Example indices of process ``rank``'s share of global micro-batch ``m``: the next ``batch_size``
+    positions of the concatenated epoch orders, so batches depend only on ``m`` and the seed."""
+    first = (m * world + rank) * batch_size
+    return [epoch_order(n, seed, k // n)[k % n] for k in range(first, first + batch_size)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spectra_core.calibration import GradientSketch, projection
 from spectra_core.errors import InputError
 from spectra_core.training.loss import causal_lm_loss
 from spectra_core.training.modeling import build_peft_model
@@ -12,7 +13,6 @@ from spectra_core.training.optim import make_optimizer
 from spectra_core.training.session import Session
 from spectra_sgm import CosineGroups, CosineRegroup
 from spectra_sgm.calibration import collect_signals
-from spectra_sgm.sketch import GradientSketch, projection
 from spectra_sgm.tying import factor
 from train_fixtures import make_plan, make_tiny_model
 

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from ..atomic import atomic_dir, write_text
-from ..data import TokenizedData, collate, epoch_order, load_data
+from ..data import TokenizedData, collate, load_data, micro_batch_indices
 from ..errors import InputError, TrainingError
 from ..plan import AdapterPlan
 from ..run import Run
@@ -130,17 +130,10 @@ class Trainer:
         self.plan.save(self.run_dir / "plan.json")
 
     # ----- data ----------------------------------------------------------------------------------
-    def _order(self, epoch: int) -> list[int]:
-        if epoch not in self._orders:
-            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
-            self._orders[epoch] = epoch_order(len(self.data.train), self.tcfg.seed, epoch)
-        return self._orders[epoch]
-
     def _micro_batch(self, m: int) -> dict[str, torch.Tensor]:
         """This process's share of global micro-batch ``m`` (a pure function of ``m`` and the seed)."""
-        bs, n = self.tcfg.batch_size, len(self.data.train)
-        first = (m * self.world + self.rank) * bs
-        idx = [self._order(k // n)[k % n] for k in range(first, first + bs)]
+        idx = micro_batch_indices(m, batch_size=self.tcfg.batch_size, n=len(self.data.train), seed=self.tcfg.seed,
+                                  world=self.world, rank=self.rank)
         return collate([self.data.train[i] for i in idx], self.pad_id)
 
     def _calibration(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -193,7 +186,7 @@ class Trainer:
         model_dir = self.pipeline.model_dir()
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=self.config.model.trust_remote_code)
         self.data: TokenizedData = load_data(self.config.data, tokenizer, seed=self.tcfg.seed)
-        self.pad_id, self._orders = tokenizer.pad_token_id, {}
+        self.pad_id = tokenizer.pad_token_id
 
         quantizer = self.pipeline.quantizer
         base = load_base(self.config, quantizer, model_dir, gradient_checkpointing=self.tcfg.gradient_checkpointing)
