@@ -20,10 +20,12 @@ SPECTRUM_REFERENCE = REPO.parent / "shared" / "spectrum-reference"
 def run_cli():
     """Run ``python -m spectra_core ARGS`` as a real subprocess; returns CompletedProcess."""
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 600):
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 600,
+            input_text: str | None = None):
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         return subprocess.run([sys.executable, "-m", "spectra_core", *map(str, args)], capture_output=True,
-                              text=True, env=full_env, cwd=cwd, timeout=timeout)
+                              text=True, env=full_env, cwd=cwd, timeout=timeout, input=input_text,
+                              stdin=None if input_text is not None else subprocess.DEVNULL)
 
     return run
 
