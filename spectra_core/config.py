@@ -75,6 +75,10 @@ class TrainingConfig(_Strict):
     keep_checkpoints: int = Field(default=2, gt=0)
     log_every: int = Field(default=10, gt=0)
     seed: int = 0
+    report_to: list[str] | None = Field(
+        default=None, description="Trackers for accelerate's Accelerator(log_with=...): tensorboard, wandb, mlflow, "
+        "comet_ml, aim, clearml, dvclive, ... ([] for none). Default: tensorboard when it is installed. W&B without "
+        "WANDB_API_KEY logs offline into the run directory.")
 
 
 class TargetsConfig(_Strict):

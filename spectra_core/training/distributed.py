@@ -10,12 +10,15 @@ import torch
 import torch.distributed as dist
 
 
-def make_accelerator():
-    """An Accelerator; on a machine without CUDA it runs on CPU with one thread per process."""
+def make_accelerator(log_with: list[str] | None = None, logging_dir: str | None = None):
+    """An Accelerator (with trackers ``log_with`` writing under ``logging_dir``); on a machine without
+    CUDA it runs on CPU with one thread per process."""
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
     cpu = not torch.cuda.is_available()
-    acc = Accelerator(cpu=cpu)
+    project = ProjectConfiguration(project_dir=logging_dir, logging_dir=logging_dir) if logging_dir else None
+    acc = Accelerator(cpu=cpu, log_with=log_with or None, project_config=project)
     if cpu and acc.num_processes > 1:
         torch.set_num_threads(1)
     return acc

@@ -28,7 +28,7 @@ from ..scores import Scores
 from . import checkpoint as ckpt
 from .distributed import all_reduce_grads, all_reduce_sum, barrier, make_accelerator
 from .loss import causal_lm_loss
-from .metrics import MetricsLog
+from .metrics import PROJECT, TRACKER_DIR, MetricsLog, resolve_trackers, tracker_config
 from .modeling import build_peft_model, load_base, trainable_named_parameters
 from .optim import lr_factor, make_optimizer, set_lr
 from .session import Session
@@ -36,10 +36,10 @@ from .session import Session
 log = logging.getLogger(__name__)
 
 RUN_ENTRIES = ("config.yaml", "scores.json", "plan.json", "metrics.jsonl", "checkpoints", "final", "exports",
-               "tensorboard")
+               TRACKER_DIR, "wandb")
 # Keys that may differ on --resume: they change bookkeeping, not the trained weights.
 RUNTIME_KEYS = ("output_dir", "exporters", "training.eval_every", "training.eval_batches", "training.save_every",
-                "training.keep_checkpoints", "training.log_every")
+                "training.keep_checkpoints", "training.log_every", "training.report_to")
 
 
 class TrainingInterrupted(TrainingError):
@@ -175,10 +175,14 @@ class Trainer:
             raise InputError("the config has no data section", hint="add data: {path: FILE} to the config")
         if self.plan is not None and self.pipeline.rebalancer is not None:
             self.pipeline.rebalancer.check_plan(self.plan)  # before anything is written or replaced
-        acc = make_accelerator()
+        trackers = resolve_trackers(self.tcfg.report_to, self.run_dir)
+        acc = make_accelerator(log_with=trackers, logging_dir=str(self.run_dir / TRACKER_DIR))
         self.rank, self.world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
         start_ckpt = self._prepare_dir(resume, overwrite, is_main)
         barrier()
+        if trackers:
+            acc.init_trackers(PROJECT, config=tracker_config(self.config.model_dump(mode="json")),
+                              init_kwargs={"wandb": {"dir": str(self.run_dir), "name": self.run_dir.name}})
         torch.manual_seed(self.tcfg.seed)
 
         from transformers import AutoTokenizer
@@ -210,7 +214,7 @@ class Trainer:
             log.info("resumed from %s (step %d)", start_ckpt, state.step)
         elif is_main:
             self._write_inputs()
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=is_main,
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=is_main, accelerator=acc,
                              resume_step=state.step if start_ckpt is not None else None)
         if start_ckpt is None:
             stats = {k: vars(v) for k, v in self.data.stats.items()}
@@ -272,8 +276,9 @@ class Trainer:
             elapsed = time.perf_counter() - started
             record = {"step": state.step, "loss": loss_sum / max(tokens, 1.0), "lr": lr, "grad_norm": float(norm),
                       "tokens_per_s": tokens / elapsed, "step_time_s": elapsed}
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                            refresh=False)  # drawn once, by update: one bar line per step in logs
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 metrics.write(record)
             if rebalancer is not None and every and state.step % every == 0 and state.step < t.max_steps:
