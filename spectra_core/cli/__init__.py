@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-import warnings
 
 import typer
 
+from spectra_core.console import quiet_known_noise
 from spectra_core.errors import SpectraError
 
 app = typer.Typer(help="SpectraQLoRA: spend LoRA capacity where the weights carry signal.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _quiet_third_party() -> None:
-    """Silence import-time noise users cannot act on (torchao's optional CUDA kernels, torch pytree notices)."""
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # peft 0.21 still asks transformers 5 for the renamed `is_gradient_checkpointing`
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
 
 def _register() -> None:
@@ -32,7 +23,7 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; user errors print a message and exit 2, without a traceback."""
-    _quiet_third_party()
+    quiet_known_noise()
     _register()
     try:
         app(args=argv)  # standalone: usage errors print click's message and exit 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -89,9 +90,11 @@ def train_cmd(
 ) -> None:
     """Scan, plan, train and export. Prints held-out loss before/after and where everything went."""
     from spectra_core.pipeline import Pipeline
-    from spectra_core.training.metrics import read_metrics
     from spectra_core.training.trainer import TrainingInterrupted
 
+    from .summary import train_summary
+
+    started = time.perf_counter()
     pipe = Pipeline.from_yaml(config, overrides=overrides or [])
     try:
         run = pipe.train(resume=resume, overwrite=overwrite)
@@ -100,13 +103,7 @@ def train_cmd(
         raise typer.Exit(exc.exit_code) from None
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    evals = [r for r in read_metrics(run.run_dir / "metrics.jsonl") if "eval_loss" in r]
-    if evals:
-        typer.echo(f"held-out loss: {evals[0]['eval_loss']:.4f} (step {evals[0]['step']}) -> "
-                   f"{evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})")
-    typer.echo(f"run directory: {run.run_dir}")
-    typer.echo(f"adapter (PEFT): {run.run_dir / 'final'}")
-    typer.echo(f"metrics: {run.run_dir / 'metrics.jsonl'}")
     if pipe.exporters:
-        for name, path in pipe.export(run).items():
-            typer.echo(f"export {name}: {path}")
+        typer.echo("exporting: " + ", ".join(e.name for e in pipe.exporters))
+    exports = pipe.export(run) if pipe.exporters else {}
+    typer.echo("\n".join(train_summary(run, exports, time.perf_counter() - started)))
