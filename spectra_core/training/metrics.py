@@ -84,8 +84,9 @@ class MetricsLog:
             fh.write(json.dumps(clean) + "\n")
 
     def close(self) -> None:
-        if self.accelerator is not None and self.accelerator.trackers:
-            self.accelerator.end_training()
+        """Finish each tracker (not ``Accelerator.end_training``, which also ends the process group)."""
+        for tracker in getattr(self.accelerator, "trackers", None) or []:
+            tracker.finish()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
