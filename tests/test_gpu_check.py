@@ -34,7 +34,7 @@ def test_dry_run_exercises_every_phase(tmp_path):
     assert hybrid["trainable_params"] < qlora["trainable_params"]
     assert set(phases["train"]["ratios"]) >= {"hybrid-25/qlora-all", "hybrid-25/qlora-all +gc"}
     cmp_ = phases["scan"]["comparison"]
-    assert cmp_["modules_compared"] == phases["scan"]["ours"]["modules"] == phases["scan"]["checkpoint"]["tensors"]
+    assert cmp_["modules_compared"] == phases["scan"]["full"]["modules"] == phases["scan"]["checkpoint"]["tensors"]
     assert cmp_["same_top25_selection"] and cmp_["max_rel_score_diff"] <= 1e-4
     assert "DRY RUN" in proc.stdout and "scan: ours" in proc.stdout
 
