@@ -195,7 +195,8 @@ class Trainer:
 
         quantizer = self.pipeline.quantizer
         base = load_base(self.config, quantizer, model_dir, gradient_checkpointing=self.tcfg.gradient_checkpointing)
-        model = build_peft_model(base, self.plan, seed=self.tcfg.seed)
+        model = build_peft_model(base, self.plan, seed=self.tcfg.seed, batches=self._calibration, model_dir=model_dir,
+                                 initialize=start_ckpt is None)
         model.to(acc.device)
         model.train()
         optimizer = make_optimizer(model, self.plan, self.tcfg.learning_rate, self.tcfg.weight_decay)
