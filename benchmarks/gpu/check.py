@@ -84,7 +84,7 @@ class Sizes:
 
 GPU_SIZES = Sizes("llama-1b", seq=2048, batch=8, steps=8, warmup=2, scan_shape="llama-8b", scan_embeddings=True)
 DRY_SIZES = Sizes("tiny", seq=64, batch=2, steps=3, warmup=1, scan_shape="tiny", scan_embeddings=True)
-BUDGETS = {"tests": 120, "train": 240, "scan": 150}
+BUDGETS = {"tests": 110, "train": 230, "scan": 140}
 DRY_BUDGETS = {"tests": 150, "train": 120, "scan": 60}
 
 
@@ -355,7 +355,8 @@ def train_phase(report: Report, sizes: Sizes) -> Callable[[dict[str, Any], float
             allocators = {"hybrid-25": {}}
             options = get_registry().get("allocator", "spectrum-top").Options.model_fields
             if "backward_layers" in options:
-                allocators["hybrid-25-depth"] = {"backward_layers": max(1, shape["num_hidden_layers"] // 2)}
+                # the last third of the layers, as configs/compare/arms/hybrid-depth10.yaml (10 of 30)
+                allocators["hybrid-25-depth"] = {"backward_layers": max(1, round(shape["num_hidden_layers"] / 3))}
             else:
                 entry["depth_aware"] = "not available: spectrum-top has no backward_layers option in this checkout"
             plans = {}

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from spectra_core.devices import local_device
 from spectra_core.errors import InputError, SpectraError
 from spectra_core.registry import get_registry
 from spectra_core.scores import Scores
@@ -36,13 +37,13 @@ def scan_device(device: str = "auto") -> torch.device:
     """The device spectra are computed on: ``auto`` is this process's GPU (``LOCAL_RANK``) when CUDA
     is available, else the CPU; ``cuda`` without a usable GPU is an input error."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return local_device()
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError(f"scan device {device!r} asked for, but torch sees no CUDA GPU",
                              hint="use --device cpu (or auto), or install a CUDA build of torch")
         if device == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return local_device()
     try:
         return torch.device(device)
     except RuntimeError as exc:
@@ -94,7 +95,7 @@ def _distributed() -> tuple[int, int]:
 
     if not dist.is_initialized():
         if torch.cuda.is_available():  # training reuses this group: give it NCCL for CUDA tensors
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_device())
             dist.init_process_group("cpu:gloo,cuda:nccl")
         else:
             dist.init_process_group("gloo")
