@@ -192,9 +192,10 @@ def tests_phase(entry: dict[str, Any], deadline: float) -> None:
 
 # ----- train ---------------------------------------------------------------------------------------
 def _device() -> str:
-    import torch
+    """This process's device as a string ("cuda:0" or "cpu"), for torch and safetensors alike."""
+    from spectra_core.devices import local_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(local_device())
 
 
 def build_train_model(directory: Path, shape: dict[str, Any]) -> dict[str, Any]:
