@@ -9,13 +9,10 @@ import torch
 
 from spectra_core.config import ModelConfig, TargetsConfig
 from spectra_core.models import find_targets, resolve_model_dir
-from spectra_core.pipeline import Pipeline
 from spectra_core.registry import get_registry
 from spectra_core.spectral.sources import safetensors_source
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-ARMS = REPO / "configs" / "compare" / "arms"
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +33,23 @@ def test_kappatune_ranks_smollm2_as_peft_does(model_dir):
     assert ours == theirs and len(ours) == 210
 
 
-def test_loftq_lowers_the_nf4_starting_loss_on_kjv(model_dir, tmp_path):
-    """Step-0 held-out loss: float < NF4 + LoftQ corrections < NF4 (benchmarks/loftq.py measures it in full)."""
-    import yaml
+def test_loftq_corrects_every_smollm2_module_toward_its_original_weight(model_dir):
+    """Every injected LoRA holds its module's optimal rank-16 correction (the weight error shrinks in
+    each of the 210 modules); whether that lowers the loss is measured by benchmarks/loftq.py."""
+    from spectra_core.plan import AdapterPlan, LoraInit, ModulePlan
+    from spectra_core.spectral.sources import dense_weight
+    from spectra_core.training.modeling import build_peft_model, lora_modules
 
-    def start_loss(overlay: dict) -> float:
-        cfg = {"model": {"source": "bundled:smollm2-135m"}, **overlay,
-               "data": {"path": str(REPO / "data" / "kjv-genesis-exodus.txt"), "max_length": 64},
-               "training": {"max_steps": 1, "batch_size": 4, "eval_batches": 4, "warmup_steps": 0, "seed": 0},
-               "output_dir": str(tmp_path / str(len(list(tmp_path.iterdir()))))}
-        run = Pipeline.from_dict(cfg).train()
-        from spectra_core.training.metrics import read_metrics
-
-        return next(r["eval_loss"] for r in read_metrics(run.run_dir / "metrics.jsonl") if "eval_loss" in r)
-
-    loftq_arm = yaml.safe_load((ARMS / "hybrid-loftq.yaml").read_text())
-    plain_arm = yaml.safe_load((ARMS / "hybrid-spectrum-25.yaml").read_text())
-    loftq = start_loss({**loftq_arm, "exporters": []})
-    nf4 = start_loss(plain_arm)
-    full = start_loss({**plain_arm, "quantizer": {"name": "none"}})
-    assert full < loftq < nf4, (full, loftq, nf4)
+    targets = find_targets(model_dir, TargetsConfig())
+    plan = AdapterPlan(allocator="test", mode="all-inactive", init=LoraInit(name="loftq"), modules={
+        t.name: ModulePlan(name=t.name, type=t.type, shape=(t.out_features, t.in_features), active=False,
+                           rank=16, alpha=16) for t in targets})
+    model = build_peft_model(get_registry().create("quantizer", "bnb-nf4").load(model_dir), plan, model_dir=model_dir)
+    layers = lora_modules(model)
+    before = after = 0.0
+    for name, original in safetensors_source(model_dir, names=list(layers)):
+        residual = original.float() - dense_weight(layers[name].get_base_layer())
+        left = residual - layers[name].get_delta_weight("default").detach().float()
+        assert left.norm() < residual.norm(), name
+        before, after = before + float(residual.norm() ** 2), after + float(left.norm() ** 2)
+    assert len(layers) == 210 and after / before < 0.9  # measured 0.878
