@@ -15,7 +15,7 @@ from spectra_core.models import find_targets
 from spectra_core.pipeline import Pipeline
 from spectra_core.registry import get_registry
 from spectra_core.scores import ModuleScore, Scores
-from spectra_core.training.modeling import lora_modules
+from spectra_core.adapters import lora_layers
 from train_fixtures import config_dict, tiny_model_dir, write_text  # noqa: F401 - fixture
 
 
@@ -60,7 +60,7 @@ def test_snr_reselect_keeps_counts_per_type_and_drops_deactivated_updates(tiny_m
     dropped = [n for n, m in after.items() if before[n] and not m.active]
     kept = [n for n, m in after.items() if before[n] and m.active]
     assert dropped and kept, "the re-scoring moved no module (or all of them)"
-    layers = lora_modules(run.model)
+    layers = lora_layers(run.model)
     assert all(float(layers[n].lora_B["default"].weight.abs().max()) == 0.0 for n in dropped)
     assert all(float(layers[n].lora_B["default"].weight.detach().abs().max()) > 0.0 for n in kept)
     assert {c.strategy for c in run.plan.history} == {"snr-reselect"}
@@ -96,11 +96,11 @@ def test_effective_weights_do_not_count_a_merged_update_twice(tiny_model_dir):  
 
     from spectra_core.builtins.quantizers import NoQuantizer
     from spectra_core.spectral.sources import open_weights
-    from spectra_core.training.modeling import effective_weight
+    from spectra_core.adapters import effective_weight
 
     model = get_peft_model(NoQuantizer().load(tiny_model_dir),
                            LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
-    name, layer = next(iter(lora_modules(model).items()))
+    name, layer = next(iter(lora_layers(model).items()))
     unmerged = effective_weight(layer)
     assert float((unmerged - layer.get_base_layer().weight).abs().max()) > 1e-3
     layer.merge(adapter_names=["default"])

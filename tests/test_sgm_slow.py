@@ -19,7 +19,7 @@ def test_sgm_demo_calibrates_groups_trains_and_exports(run_cli, tmp_path):
 
     from spectra_core.registry import get_registry
     from spectra_core.run import Run
-    from spectra_core.training.modeling import lora_modules
+    from spectra_core.adapters import lora_layers
     from spectra_sgm.tying import factor
 
     out = tmp_path / "run"
@@ -35,7 +35,7 @@ def test_sgm_demo_calibrates_groups_trains_and_exports(run_cli, tmp_path):
     assert (out / "sgm" / "similarity.png").is_file()
 
     loaded = run.peft_model()  # spectra: base + final/ adapter, groups re-tied
-    lora = lora_modules(loaded)
+    lora = lora_layers(loaded)
     for members in groups.values():
         assert len({factor(lora[m], "lora_A").data_ptr() for m in members}) == 1
     quantizer = get_registry().create("quantizer", run.config.quantizer.name, run.config.quantizer.options)

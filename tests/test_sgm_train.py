@@ -65,9 +65,9 @@ def logits(model, model_dir: Path) -> torch.Tensor:
 
 
 def assert_tied(model, groups: dict[str, list[str]]) -> None:
-    from spectra_core.training.modeling import lora_modules
+    from spectra_core.adapters import lora_layers
 
-    lora = lora_modules(model)
+    lora = lora_layers(model)
     for members in groups.values():
         for f in ("lora_A", "lora_B"):
             assert len({factor(lora[m], f).data_ptr() for m in members}) == 1, members
@@ -105,9 +105,9 @@ def test_stock_peft_loads_the_adapter_with_equal_logits(trained):
     ours = logits(run.model, pipe.model_dir())
     stock = PeftModel.from_pretrained(pipe.quantizer.load(pipe.model_dir()), adapter).eval()
     assert torch.equal(logits(stock, pipe.model_dir()), ours)
-    from spectra_core.training.modeling import lora_modules
+    from spectra_core.adapters import lora_layers
 
-    lora = lora_modules(stock)
+    lora = lora_layers(stock)
     members = next(iter(run.plan.groups().values()))
     assert factor(lora[members[0]], "lora_A").data_ptr() != factor(lora[members[1]], "lora_A").data_ptr()
     assert torch.equal(factor(lora[members[0]], "lora_A"), factor(lora[members[1]], "lora_A"))

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import InputError
 from ..plan import AdapterPlan
-from .modeling import lora_modules, lora_parameters
+from ..adapters import lora_layers, lora_parameters
 
 
 def param_groups(model: torch.nn.Module, plan: AdapterPlan, lr: float, weight_decay: float) -> list[dict]:
@@ -19,7 +19,7 @@ def param_groups(model: torch.nn.Module, plan: AdapterPlan, lr: float, weight_de
     names = {id(p): n for n, p in model.named_parameters()}
     groups: dict[float, dict] = {}
     seen: set[int] = set()
-    for module_name, layer in lora_modules(model).items():
+    for module_name, layer in lora_layers(model).items():
         entry = plan.modules.get(module_name)
         if entry is None or not entry.active:
             continue
