@@ -28,7 +28,7 @@ def alors_config(model_dir: Path, data: Path, out: Path, **rebalancer) -> dict:
         "method": "alors", "model": {"source": str(model_dir)},
         "allocator": {"name": "alors-tiers", "options": {"tiers": TIERS}},
         "rebalancer": {"name": "alors-resize",
-                       "options": {"scorer": "random", "scorer_options": {"seed": 5}, **rebalancer}},
+                       "options": {"scorer": {"name": "random", "options": {"seed": 5}}, **rebalancer}},
         "data": {"path": str(data), "max_length": 32, "validation_fraction": 0.1},
         "training": {"max_steps": 6, "batch_size": 2, "warmup_steps": 1, "eval_every": 3, "save_every": 3,
                      "log_every": 1, "learning_rate": 1e-3},

@@ -20,8 +20,7 @@ def test_sgm_demo_calibrates_groups_trains_and_exports(run_cli, tmp_path):
     from spectra_core.registry import get_registry
     from spectra_core.run import Run
     from spectra_core.adapters import lora_layers
-    from spectra_sgm.tying import factor
-
+    
     out = tmp_path / "run"
     proc = run_cli("train", CONFIG, "training.max_steps=4", "training.eval_every=4", f"output_dir={out}",
                    timeout=1500)
@@ -37,7 +36,7 @@ def test_sgm_demo_calibrates_groups_trains_and_exports(run_cli, tmp_path):
     loaded = run.peft_model()  # spectra: base + final/ adapter, groups re-tied
     lora = lora_layers(loaded)
     for members in groups.values():
-        assert len({factor(lora[m], "lora_A").data_ptr() for m in members}) == 1
+        assert len({factors(lora[m])["A"].data_ptr() for m in members}) == 1
     quantizer = get_registry().create("quantizer", run.config.quantizer.name, run.config.quantizer.options)
     stock = PeftModel.from_pretrained(quantizer.load(run.base_model_dir()), out / "exports" / "adapter").eval()
     batch = AutoTokenizer.from_pretrained(run.base_model_dir())("In the beginning God created", return_tensors="pt")
