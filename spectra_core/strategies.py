@@ -57,12 +57,16 @@ class Strategy(ABC):
 
 
 def provenance(cls: type) -> str:
-    """Where a strategy class comes from: ``distribution spectra-foo (module foo.scorer)``."""
-    from importlib.metadata import packages_distributions
+    """Where a strategy class comes from: ``distribution spectra-foo (plugin 'foo', module foo.scorer)``,
+    found through the ``spectra`` entry point whose module holds it."""
+    from importlib.metadata import entry_points
 
     module = cls.__module__
-    dists = packages_distributions().get(module.split(".")[0], [])
-    return f"distribution {dists[0]} (module {module})" if dists else f"module {module}"
+    top = module.split(".")[0]
+    for ep in entry_points(group="spectra"):
+        if ep.module.split(".")[0] == top and ep.dist is not None:
+            return f"distribution {ep.dist.name} (plugin {ep.name!r}, module {module})"
+    return f"module {module}"
 
 
 def checked_scores(result: Any, scorer: Scorer) -> Scores:

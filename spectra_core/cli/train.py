@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import app
+from .app import app
 
 
 def _gib(n: int) -> str:
