@@ -82,7 +82,18 @@ def checked_scores(result: Any, scorer: Scorer) -> Scores:
 
 # ----- data handed between stages ------------------------------------------------------------------
 class WeightSource(Protocol):
-    """Weight matrices to score, yielded one at a time so memory stays bounded."""
+    """Weight matrices to score, yielded one at a time so memory stays bounded.
+
+    Contract for scorers: iterating yields ``(name, tensor)`` in a fixed order — the module name
+    without peft's prefix and without ``.weight`` (``model.layers.3.self_attn.q_proj``), and a dense
+    float tensor on CPU (4-bit and GGUF weights already dequantized). Tensors are 2-D ``out × in``;
+    3-D tensors (``experts × out × in``, MoE) may come from checkpoints that store experts stacked —
+    score them as a whole or per expert, but return one score per yielded name. A scorer must return
+    a score for every name (use NaN for one it cannot score, and say why in ``Scores`` notes); the
+    allocator refuses targets without a score. ``spectra_core.spectral.types.module_type(name)`` is
+    the public helper for a module's type (``self_attn.q_proj``), ``layer_index(name)`` for its layer.
+    ``fingerprint`` identifies the weights (the scan cache keys on it).
+    """
 
     fingerprint: str
 
@@ -168,7 +179,13 @@ class RunArtifacts(Protocol):
 
 # ----- the six stages ------------------------------------------------------------------------------
 class Quantizer(Strategy):
-    """Loads the frozen base model, quantized or not."""
+    """Loads the frozen base model, quantized or not.
+
+    Contract: return a ``transformers`` causal LM whose linear layers peft can wrap; the core freezes
+    every parameter, sets up gradient checkpointing and injects the plan's LoRA. Load from safetensors
+    only and honour ``trust_remote_code``. Optional ``bytes_per_param()`` / ``other_bytes_per_param()``
+    feed the memory estimate of ``spectra plan``.
+    """
 
     stage: ClassVar[Stage] = "quantizer"
 
@@ -178,7 +195,13 @@ class Quantizer(Strategy):
 
 
 class Scorer(Strategy):
-    """Scores every weight matrix; higher means more signal."""
+    """Scores every weight matrix; higher means more signal.
+
+    Contract: :meth:`score` consumes a :class:`WeightSource` (read its contract) and returns a
+    :class:`~spectra_core.scores.Scores` with one :class:`~spectra_core.scores.ModuleScore` per
+    yielded name; anything else is an error naming the plugin. Scores must be deterministic for the
+    options (seed any randomness): the scan cache and the resume check rely on it.
+    """
 
     stage: ClassVar[Stage] = "scorer"
 
@@ -213,7 +236,14 @@ class CalibratedScorer(Scorer):
 
 
 class Allocator(Strategy):
-    """Turns scores into an adapter plan."""
+    """Turns scores into an adapter plan.
+
+    Contract: return an :class:`~spectra_core.plan.AdapterPlan` with one entry per target (same
+    names), each with ``active``, ``rank`` (≤ the smaller weight dimension; 0 = no LoRA), ``alpha``,
+    ``lr_scale`` and optionally ``tier``/``score``; ``mode: all-inactive`` keeps a frozen LoRA on
+    inactive modules so a rebalancer can switch them on. Leave ``group`` unset: groups come from a
+    gradient merger's ``Tie`` changes.
+    """
 
     stage: ClassVar[Stage] = "allocator"
 
@@ -322,7 +352,13 @@ class RescoringRebalancer(Rebalancer):
 
 
 class Exporter(Strategy):
-    """Writes one deliverable of a run."""
+    """Writes one deliverable of a run.
+
+    Contract: read the run (:class:`RunArtifacts`: plan, config, scores, ``peft_model()``) and write
+    under ``destination`` atomically (``spectra_core.atomic.atomic_dir``), so a killed export leaves
+    the previous deliverable intact; return the path written. ``default_dirname`` names the folder
+    under ``RUN/exports``.
+    """
 
     stage: ClassVar[Stage] = "exporter"
     default_dirname: ClassVar[str]

@@ -100,8 +100,8 @@ def test_spectra_core_has_no_import_cycle():
     assert cycles(graph) == []
 
 
-def plugin_offences(root: Path) -> list[str]:
-    """Imports under ``root/<plugin>/<package>/`` that are not the public API."""
+def plugin_offences(root: Path, forbidden: tuple[str, ...] = FORBIDDEN_THIRD_PARTY) -> list[str]:
+    """Imports under ``root/<plugin>/<package>/`` that are not the public API (or are in ``forbidden``)."""
     offences = []
     for path in sorted(root.glob("*/spectra_*/**/*.py")):
         name = module_name(path, path.parents[len(path.relative_to(root).parts) - 2])
@@ -112,7 +112,7 @@ def plugin_offences(root: Path) -> list[str]:
         for imported in imports(path, name):
             top = imported.split(".")[0]
             private = top == "spectra_core" and imported not in PUBLIC and imported.rpartition(".")[0] not in PUBLIC
-            if top in FORBIDDEN_THIRD_PARTY or private:
+            if top in forbidden or private:
                 offences.append(f"{path.relative_to(root)} imports {imported}")
     return offences
 
@@ -130,3 +130,9 @@ def test_the_plugin_rule_flags_peft_and_internals(tmp_path):
 
 def test_plugins_import_only_the_public_api():
     assert plugin_offences(ROOT / "plugins") == []
+
+
+def test_the_examples_import_only_the_public_api_and_no_peft():
+    """The example plugins are what third parties copy (a quantizer there loads through transformers)."""
+    assert len(list((ROOT / "examples").glob("*/spectra_*/*.py"))) >= 7
+    assert plugin_offences(ROOT / "examples", forbidden=("peft", "bitsandbytes")) == []
