@@ -326,14 +326,23 @@ def _fresh_rows(n: int, in_f: int, generator: torch.Generator | None) -> torch.T
     return (torch.rand(n, in_f, generator=generator, dtype=torch.float64) * 2 - 1) / math.sqrt(in_f)
 
 
+MOMENT_POWER = {"exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2}  # AdamW state: first / second moments
+
+
 def _replace(linear: torch.nn.Linear, value: torch.Tensor, optimizer: torch.optim.Optimizer | None, mapping) -> None:
     """Give ``linear`` a new weight Parameter holding ``value``; move its optimizer state and group slot.
 
-    State tensors of the old weight's shape are mapped into the new basis (second moments: keys with
-    'sq'). A new Parameter, not a ``.data`` swap: autograd caches a leaf's shape.
+    AdamW's moments of the old weight are mapped into the new basis (second moments by the squared
+    map, see :func:`resize`); a parameter-shaped state this module does not know is refused rather
+    than silently reset. A new Parameter, not a ``.data`` swap: autograd caches a leaf's shape.
     """
     old = linear.weight
     new = torch.nn.Parameter(value.to(old.dtype).contiguous(), requires_grad=old.requires_grad)
+    state = optimizer.state.get(old, {}) if optimizer is not None else {}
+    unknown = [k for k, v in state.items() if torch.is_tensor(v) and v.shape == old.shape and k not in MOMENT_POWER]
+    if unknown:
+        raise InputError(f"cannot resize a LoRA under this optimizer: its state {unknown} has no known mapping",
+                         hint="resizing supports AdamW (the trainer's optimizer)")
     linear.weight = new
     if optimizer is None:
         return
@@ -341,8 +350,8 @@ def _replace(linear: torch.nn.Linear, value: torch.Tensor, optimizer: torch.opti
         group["params"] = [new if p is old else p for p in group["params"]]
     state = optimizer.state.pop(old, None)
     if state:
-        optimizer.state[new] = {k: mapping(v.double(), "sq" in k).to(v.dtype).contiguous()
-                                if torch.is_tensor(v) and v.shape == old.shape else v for k, v in state.items()}
+        optimizer.state[new] = {k: mapping(v.double(), MOMENT_POWER[k] == 2).to(v.dtype).contiguous()
+                                if k in MOMENT_POWER and v.shape == old.shape else v for k, v in state.items()}
 
 
 def tie_groups(model: torch.nn.Module, plan: AdapterPlan) -> None:

@@ -193,3 +193,42 @@ def test_a_parameter_target_goes_through_peft_target_parameters(tiny_model_dir):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == plan.trainable_parameters()
     with pytest.raises(InputError, match="parameter target"):
         resize_lora(layers[name], 3, 4.0, use_rslora=False)
+
+
+class Experts(torch.nn.Module):
+    """A minimal MoE-style block: one 3-D weight (experts × in × out), each token routed to expert 0 or 1."""
+
+    def __init__(self, experts: int = 2, d_in: int = 8, d_out: int = 6) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(experts, d_in, d_out, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[i] @ self.weight[i % self.weight.shape[0]] for i in range(x.shape[0])])
+
+
+class Holder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = Experts()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.experts(x)
+
+
+def test_a_3d_expert_parameter_handle_gives_the_delta_the_forward_uses():
+    """peft target_parameters on a 3-D expert tensor: the handle's effective weight is what the LoRA model
+    computes with (the layout issue 13's MoE support builds on)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(Holder(), LoraConfig(r=2, lora_alpha=4, target_parameters=["experts.weight"],
+                                                init_lora_weights=False))
+    (name, layer), = lora_layers(model).items()
+    handle = AdapterHandle(name, layer)
+    assert name == "experts.weight" and handle.kind == "parameter" and handle.shape == (2, 8, 6)
+    assert handle.delta().shape == (2, 8, 6) and float(handle.delta().abs().max()) > 0
+    x = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = model(x)
+        plain = Holder()
+        plain.experts.weight.copy_(handle.effective_weight())
+        torch.testing.assert_close(got, plain(x), rtol=1e-5, atol=1e-6)

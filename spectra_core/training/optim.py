@@ -50,7 +50,7 @@ def regroup(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
     keep = {p for g in groups for p in g["params"]}
     for p in list(optimizer.state):
         state = optimizer.state[p]
-        if p not in keep or ("exp_avg" in state and state["exp_avg"].shape != p.shape):
+        if p not in keep or any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in state.values()):
             del optimizer.state[p]
 
 

@@ -74,8 +74,11 @@ class Session:
 
     def effective_weights(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, float32 base weight + LoRA delta), one module at a time (4-bit bases dequantized)."""
+        handles = self.adapters()
         for name in names:
-            yield name, self.adapter(name).effective_weight()
+            if name not in handles:
+                self.adapter(name)  # raises, naming the module
+            yield name, handles[name].effective_weight()
 
     def gradient_signals(self, names: list[str], *, batches: int, dim: int, seed: int) -> dict[str, torch.Tensor]:
         """Sketched dense-weight gradients of ``names`` (see :func:`spectra_core.calibration.collect_gradient_signals`)."""
