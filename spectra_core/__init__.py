@@ -8,7 +8,7 @@ rebalancers propose (:mod:`spectra_core.changes`). Nothing else is promised to s
 from .adapters import AdapterHandle
 from .changes import Change, ModuleChange, Tie, Untie, activate, annotate, deactivate, resize
 from .hookspecs import hookimpl
-from .plan import AdapterPlan, ModulePlan, PlanChange
+from .plan import AdapterPlan, LoraInit, ModulePlan, PlanChange
 from .scores import ModuleScore, Scores
 from .strategies import (
     Allocator,
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterHandle", "AdapterPlan", "Allocator", "CalibratedScorer", "Change", "Exporter", "GradientMerger",
-    "GroupGradients", "Method", "ModuleChange", "ModulePlan", "ModuleScore", "PlanChange", "Quantizer", "Rebalancer",
+    "GroupGradients", "LoraInit", "Method", "ModuleChange", "ModulePlan", "ModuleScore", "PlanChange", "Quantizer", "Rebalancer",
     "RescoringRebalancer", "RunArtifacts", "Scorer", "Scores", "StrategyOptions", "StrategySection", "TargetModule",
     "Tie", "TrainingSession", "Untie", "WeightSource", "activate", "annotate", "deactivate", "hookimpl", "resize",
     "__version__",

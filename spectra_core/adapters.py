@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,20 +53,26 @@ def lora_config_kwargs(plan: AdapterPlan) -> dict[str, Any]:
     return kwargs
 
 
-def lora_config(plan: AdapterPlan) -> Any:
-    """The ``peft.LoraConfig`` of ``plan`` (causal LM, no dropout)."""
+def lora_config(plan: AdapterPlan, **extra: Any) -> Any:
+    """The ``peft.LoraConfig`` of ``plan`` (causal LM, no dropout); ``extra``: more LoraConfig fields."""
     from peft import LoraConfig
 
-    return LoraConfig(**lora_config_kwargs(plan), task_type="CAUSAL_LM", lora_dropout=0)
+    return LoraConfig(**lora_config_kwargs(plan), **extra, task_type="CAUSAL_LM", lora_dropout=0)
 
 
-def inject(base: torch.nn.Module, plan: AdapterPlan, *, seed: int = 0) -> Any:
-    """``get_peft_model(base, lora_config(plan))`` with LoRA initialised from ``seed``, the plan's groups
-    tied and requires_grad following the plan (inactive LoRA frozen)."""
+def inject(base: torch.nn.Module, plan: AdapterPlan, *, seed: int = 0, config: dict[str, Any] | None = None,
+           initialize: Callable[[Any], None] | None = None) -> Any:
+    """``get_peft_model(base, lora_config(plan, **config))`` with LoRA initialised from ``seed``, then by
+    ``initialize(model)`` (e.g. EVA / LoftQ, :mod:`spectra_core.training.lora_init`); afterwards the
+    plan's groups are tied and requires_grad follows the plan (inactive LoRA frozen)."""
     from peft import get_peft_model
 
+    config = config or {}
     torch.manual_seed(seed)
-    model = get_peft_model(base, lora_config(plan))
+    model = get_peft_model(base, lora_config(plan, **config),
+                           low_cpu_mem_usage="eva_config" in config)  # EVA fills the weights (peft's advice)
+    if initialize is not None:
+        initialize(model)
     tie_groups(model, plan)
     set_trainable(model, plan)
     return model

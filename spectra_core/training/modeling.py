@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import adapters
 from ..plan import AdapterPlan
+from . import lora_init
+from .lora_init import Batches
 
 
 def load_base(config: Any, quantizer: Any, model_dir: Any, *, gradient_checkpointing: bool = False) -> Any:
@@ -37,10 +40,21 @@ def drop_input_grad_hook(model: Any) -> None:
         model.disable_input_require_grads()
 
 
-def build_peft_model(base: Any, plan: AdapterPlan, *, seed: int = 0) -> Any:
-    """The plan's LoRA on ``base`` (:func:`spectra_core.adapters.inject`), after checking the plan fits."""
+def build_peft_model(base: Any, plan: AdapterPlan, *, seed: int = 0, batches: Batches | None = None,
+                     model_dir: Path | None = None, initialize: bool = True) -> Any:
+    """The plan's LoRA on ``base`` (:func:`spectra_core.adapters.inject`) after checking the plan fits;
+    LoRA initialised from ``seed``, then by the plan's ``init`` (EVA from ``batches``, LoftQ from the
+    safetensors in ``model_dir``) unless ``initialize`` is False (resume: the checkpoint holds every
+    LoRA weight); groups tied and requires_grad following the plan afterwards."""
     adapters.check_plan(plan, base)
-    model = adapters.inject(base, plan, seed=seed)
+    plan.check_init()
+    extra = lora_init.lora_config_kwargs(plan) if initialize else {}
+
+    def init(model: Any) -> None:
+        lora_init.initialize(model, plan, lambda: adapters.lora_layers(model), adapter=adapters.ADAPTER,
+                             batches=batches, model_dir=model_dir)
+
+    model = adapters.inject(base, plan, seed=seed, config=extra, initialize=init if initialize else None)
     drop_input_grad_hook(model.get_base_model())
     return model
 

@@ -143,6 +143,7 @@ def calibration_session(config: Any, quantizer: Any, model_dir: Any, targets: li
 
     from ..calibration import first_batches, probe_plan
     from ..data import load_data
+    from ..devices import local_device
     from .modeling import build_peft_model, load_base
 
     if config.data is None:
@@ -153,7 +154,7 @@ def calibration_session(config: Any, quantizer: Any, model_dir: Any, targets: li
     train = load_data(config.data, tokenizer, seed=seed).train
     base = load_base(config, quantizer, model_dir, gradient_checkpointing=config.training.gradient_checkpointing)
     plan = plan if plan is not None else probe_plan(targets)
-    model = build_peft_model(base, plan, seed=seed)
+    model = build_peft_model(base, plan, seed=seed).to(local_device())  # a float base loads on the CPU
     return Session(model, plan, seed=seed, is_main_process=world() == 1 or torch.distributed.get_rank() == 0,
                    batches=lambda n: first_batches(train, batch_size=batch_size, seed=seed,
                                                    pad_id=tokenizer.pad_token_id, n=n))
