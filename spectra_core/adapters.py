@@ -87,6 +87,13 @@ def load(base: torch.nn.Module, directory: Any, plan: AdapterPlan) -> Any:
     return model
 
 
+def merged_model(base: torch.nn.Module, directory: Any) -> Any:
+    """A saved stock peft adapter merged into a float ``base``: the plain transformers model."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, directory).merge_and_unload()
+
+
 def sync_config(model: torch.nn.Module, plan: AdapterPlan) -> None:
     """Make the model's ``LoraConfig`` describe ``plan`` (r, alpha, patterns), so ``save_pretrained``
     writes an adapter stock peft reloads with the current ranks."""
