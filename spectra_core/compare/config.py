@@ -10,7 +10,8 @@
       uniform:   {allocator: {name: spectrum-top, options: {top_fraction: 1.0, rank: 8, alpha: 16}},
                   match: hybrid-25}          # rank solved to hybrid-25's trainable parameters (±5 %)
 
-An arm's keys are run-config sections merged over the base (a section naming another strategy
+An arm is a mapping, an overlay file (``arm: arms/x.yaml``) or both (``{file: arms/x.yaml, match: uniform}``,
+the mapping's keys over the file's). Its keys are run-config sections merged over the base (a section naming another strategy
 replaces the base's section), plus ``match`` (an arm name or a parameter count) and ``solve`` (the
 option solved for it; default the allocator's ``rank``, else ``top_fraction``). A string value
 ``${seed}`` anywhere in an arm becomes the cell's seed (e.g. a random scorer that follows the seed).
@@ -149,6 +150,29 @@ def substitute_seed(data: Any, seed: int) -> Any:
     return seed if data == SEED_PLACEHOLDER else data
 
 
+def _arm_with_file(arm: Any, base_dir: Path, name: str) -> Any:
+    """An arm given as an overlay file (``arm: file.yaml`` or ``{file: file.yaml, match: ...}``): the file's
+    sections with the mapping's own keys merged over them; relative paths resolved."""
+    from ..config import _resolve_relative_paths
+
+    if isinstance(arm, str):
+        arm = {"file": arm}
+    if not isinstance(arm, dict):
+        return arm
+    arm = dict(arm)
+    file = arm.pop("file", None)
+    if file is not None:
+        overlay_path = (base_dir / str(file)).resolve()
+        if not overlay_path.is_file():
+            raise ConfigError(f"arm {name}: overlay file {file} not found (looked at {overlay_path})",
+                              hint="give the path relative to the compare config")
+        found, _ = read_yaml(overlay_path)
+        _resolve_relative_paths(found, overlay_path.parent)
+        arm = merge_overlay(found, arm)
+    _resolve_relative_paths(arm, base_dir)
+    return arm
+
+
 def load_compare(path: Path) -> CompareConfig:
     """Read and validate COMPARE.yaml; a file ``base`` is read relative to it, relative paths resolved."""
     from ..config import _resolve_relative_paths
@@ -166,9 +190,9 @@ def load_compare(path: Path) -> CompareConfig:
     else:
         raise ConfigError(f"{path}: `base` must be a run-config file path or an inline run config",
                           hint="e.g. base: configs/demo.yaml")
-    for arm in (data.get("arms") or {}).values():
-        if isinstance(arm, dict):
-            _resolve_relative_paths(arm, base_dir)
+    arms = data.get("arms")
+    if isinstance(arms, dict):
+        data = {**data, "arms": {name: _arm_with_file(arm, base_dir, name) for name, arm in arms.items()}}
     try:
         return CompareConfig.model_validate({**data, "base": base})
     except ValidationError as exc:
