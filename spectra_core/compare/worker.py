@@ -64,7 +64,8 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     val, _ = tokenize_records(load_records(spec["validation_path"]), tokenizer, cfg.data, spec["validation_path"])
     total, count = summed_eval_loss(model, val, tokenizer.pad_token_id, batch_size=cfg.training.batch_size,
-                                    max_batches=cfg.training.eval_batches)
+                                    max_batches=cfg.training.eval_batches,
+                                    device=next(model.parameters()).device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {**_metrics(run.run_dir), "validation_loss": total / max(count, 1.0), "trainable_parameters": trainable,
             "plan_parameters": run.plan.trainable_parameters(), "active_modules": len(run.plan.active()),
