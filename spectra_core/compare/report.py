@@ -6,13 +6,13 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
 from .config import Cell
+from .worker import code_commit
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -47,6 +47,7 @@ def arm_row(compare: Any, arm: str, reference: dict[int, float] | None, base_pea
     row["cuda_peak_mib"] = max(cuda) if cuda else None
     row["step_time_s"] = statistics.median(r["step_time_s"] for r in runs.values())
     row["loadavg"] = [min(r["loadavg"] for r in runs.values()), max(r["loadavg"] for r in runs.values())]
+    row["commits"] = sorted({r.get("commit", "unknown") for r in runs.values()})
     return row
 
 
@@ -93,25 +94,20 @@ def markdown(rows: list[dict[str, Any]], reference: str | None) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    here = Path(__file__).resolve().parent
-    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
-    return found.stdout.strip() or "unknown"
-
-
 def setup_line(compare: Any, rows: list[dict[str, Any]]) -> str:
     """Model, data, budget, machine and load: what a reader needs to judge the numbers."""
     cfg, b, s = compare.config, compare.config.budget, compare.splits
     data, training = cfg.base["data"], cfg.base.get("training", {})
     loads = [x for r in rows for x in r.get("loadavg", [])]
-    load = f"load average {min(loads):.1f}–{max(loads):.1f} during the runs" if loads else "no runs yet"
+    load = f"load average {min(loads):.1f}–{max(loads):.1f} at the runs' ends" if loads else "no runs yet"
+    commits = sorted({c for r in rows for c in r.get("commits", [])}) or [code_commit()]
     length, batch = data.get("max_length", 256), training.get("batch_size", 4)
     return (f"model {cfg.base['model']['source']}, data {Path(data['path']).name} ({len(s.train_records)} training / "
             f"{len(s.validation_records)} validation records; held-out: {s.heldout_source}, "
             f"{len(s.heldout_records) or 'its own file'}{' records' if s.heldout_records else ''}), "
             f"{b.steps} steps × batch {batch} × {length} tokens, seeds {b.seeds}, LR grid "
             f"{[f'{x:g}' for x in b.learning_rates]} on seed(s) {b.tune_seeds} (chosen on the validation split), "
-            f"{cfg.threads} torch thread(s) per run, {os.cpu_count()} CPU cores, {load}, commit {_commit()}")
+            f"{cfg.threads} torch thread(s) per run, {os.cpu_count()} CPU cores, {load}, commit(s) {', '.join(commits)}")
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:

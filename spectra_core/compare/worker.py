@@ -34,6 +34,15 @@ def _cuda_peak_mib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
+def code_commit() -> str:
+    """The git commit of the spectra_core code running (``unknown`` outside a git checkout)."""
+    import subprocess
+
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                           capture_output=True, text=True)
+    return found.stdout.strip() or "unknown"
+
+
 def _metrics(run_dir: Path) -> dict[str, Any]:
     """Held-out loss at step 0, after training and after a rebalancer (if one ran); median step time
     with the first (warm-up) step left out."""
@@ -70,7 +79,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     return {**_metrics(run.run_dir), "validation_loss": total / max(count, 1.0), "trainable_parameters": trainable,
             "plan_parameters": run.plan.trainable_parameters(), "active_modules": len(run.plan.active()),
             "peak_rss_mib": peak_rss_mib(), "cuda_peak_mib": _cuda_peak_mib(),
-            "wall_s": time.perf_counter() - started, "loadavg": os.getloadavg()[0]}
+            "wall_s": time.perf_counter() - started, "loadavg": os.getloadavg()[0], "commit": code_commit()}
 
 
 def run_base_memory(spec: dict[str, Any]) -> dict[str, Any]:
