@@ -8,8 +8,8 @@ Each config's arms, budget (steps, seeds, LR grid) and splits live in the YAML; 
 compare (resumable: finished runs are skipped), then writes each corpus's setup line, table and Pareto
 plot into docs/benchmarks.md (between ``<!-- methods:compare-CORPUS:start/end -->``) and docs/img/.
 
-    python benchmarks/methods.py --quick    # both corpora, 10 steps, 1 seed, 2 LRs: ~15 min on 2 idle cores
-    python benchmarks/methods.py            # 100 steps, 3 seeds, 3 LRs: ~10 h on 2 cores (run it across sessions)
+    python benchmarks/methods.py --quick --corpus kjv   # every arm, 5 steps, 1 seed, 2 LRs: ~15 min on 2 idle cores
+    python benchmarks/methods.py            # 100 steps, 3 seeds, 3 LRs, both corpora: ~7 h on 2 idle cores
     python benchmarks/methods.py --report   # only re-render the docs from the results already there
 
 The earlier fixed-LR, unequal-budget run (benchmarks/methods-results*.json, methods-lr-probe.json) was

@@ -183,3 +183,26 @@ def test_store_ignores_a_torn_line(tmp_path):
     assert store.get("a") == {"x": 1} and store.get("b") is None
     store.append("b", {"job": "cell"}, {"x": 2})
     assert ResultStore(tmp_path / "r.jsonl").get("b") == {"x": 2}
+
+
+def test_bad_compare_configs_are_refused_before_any_run(tmp_path, tiny_model_dir):
+    path = compare_yaml(tmp_path, tiny_model_dir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["arms"]["all-lower"]["match"] = "nope"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(ConfigError, match="match 'nope' is not an arm"):
+        load_compare(path)
+    cfg["arms"]["all-lower"]["match"] = "half"
+    cfg["arms"]["half"] = {"file": "missing.yaml"}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(ConfigError, match="overlay file missing.yaml not found"):
+        load_compare(path)
+    cfg["arms"]["half"] = {"allocator": {"name": "no-such-allocator"}}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = subprocess.run(spectra_cmd("compare", str(path), "--quick"), env=cli_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2 and "--quick needs a `quick:` section" in res.stderr
+    res = subprocess.run(spectra_cmd("compare", str(path)), env=cli_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 2 and "arm half" in res.stderr and "no-such-allocator" in res.stderr
+    assert not (tmp_path / "compare" / "results.jsonl").exists()  # nothing ran
