@@ -21,19 +21,12 @@ def compare_cmd(
     """Per arm: choose the LR on a validation split of the training data, run every seed at it, report
     held-out loss, paired differences, parameters, memory and step time. Rerun to resume."""
     from spectra_core.compare import Compare, load_compare
-    from spectra_core.compare.report import write_report
 
     cfg = load_compare(config)
     if quick:
         cfg = cfg.with_quick()
     compare = Compare(cfg, out or Path(cfg.output_dir), keep_runs=keep_runs)
-    if report:
-        compare.prepare()
-        for arm in cfg.arms:
-            compare.resolve_budget(arm)
-        summary = write_report(compare)
-    else:
-        summary = compare.run(only or None)
+    summary = compare.report() if report else compare.run(only or None)
     typer.echo((compare.out / "table.md").read_text(encoding="utf-8"))
     typer.echo(f"results: {compare.out / 'results.jsonl'}\nsummary: {compare.out / 'summary.json'}\n"
                f"plot: {compare.out / 'pareto.png'}")

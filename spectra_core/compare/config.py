@@ -11,8 +11,8 @@
                   match: hybrid-25}          # rank solved to hybrid-25's trainable parameters (±5 %)
 
 An arm is a mapping, an overlay file (``arm: arms/x.yaml``) or both (``{file: arms/x.yaml, match: uniform}``,
-the mapping's keys over the file's). Its keys are run-config sections merged over the base (a section naming another strategy
-replaces the base's section), plus ``match`` (an arm name or a parameter count) and ``solve`` (the
+the mapping's keys over the file's). Its keys are run-config sections merged over the base (a section
+naming another strategy replaces the base's section), plus ``match`` (an arm name or a parameter count) and ``solve`` (the
 option solved for it; default the allocator's ``rank``, else ``top_fraction``). A string value
 ``${seed}`` anywhere in an arm becomes the cell's seed (e.g. a random scorer that follows the seed).
 """

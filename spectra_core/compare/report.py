@@ -78,7 +78,8 @@ def markdown(rows: list[dict[str, Any]], reference: str | None) -> str:
             "s / step", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in rows:
-        grid = ", ".join(f"{lr}: {v:.4f}" if v is not None else f"{lr}: not run" for lr, v in r["validation_by_lr"].items())
+        grid = ", ".join(f"{lr}: {v:.4f}" if v is not None else f"{lr}: not run"
+                         for lr, v in r["validation_by_lr"].items())
         lr = f"**{r['lr']:g}** ({grid})" if r["lr"] is not None else f"not chosen ({grid})"
         if "loss" not in r:
             lines.append(f"| {r['arm']} | {lr} | not run | – | – | – | – | – |{' – |' if cuda else ''} – | 0/{r['seeds_planned']} |")

@@ -34,11 +34,16 @@ class JobFailed(TrainingError):
     """A worker subprocess exited with an error."""
 
 
+class NotRecorded(LookupError):
+    """A report-only compare needed a job that is not in ``results.jsonl`` yet."""
+
+
 class Compare:
     """One compare: ``run()`` executes what is not in ``results.jsonl`` yet and writes the report."""
 
-    def __init__(self, config: CompareConfig, out: Path, *, keep_runs: bool = False) -> None:
+    def __init__(self, config: CompareConfig, out: Path, *, keep_runs: bool = False, report_only: bool = False) -> None:
         self.config = config
+        self.report_only = report_only  # never start a job: report only what results.jsonl holds
         self.out = Path(out)
         self.keep_runs = keep_runs
         self.store = ResultStore(self.out / "results.jsonl")
@@ -95,6 +100,8 @@ class Compare:
         found = self.store.get(key)
         if found is not None:
             return found
+        if self.report_only:
+            raise NotRecorded(label)
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / (label.replace("/", "_") + ".log")
@@ -127,8 +134,8 @@ class Compare:
         if arm in stack:
             raise ConfigError(f"match cycle: {' -> '.join((*stack, arm))}", hint="let one arm of the cycle set its budget")
         self.resolve_budget(arm, (*stack, arm))
-        seed = self.config.budget.seeds[0]
-        return self._job("params", self.cell_config(Cell(arm, self.config.budget.learning_rates[0], seed)), f"params-{arm}", {"arm": arm})["parameters"]
+        config = self.cell_config(Cell(arm, self.config.budget.learning_rates[0], self.config.budget.seeds[0]))
+        return self._job("params", config, f"params-{arm}", {"arm": arm})["parameters"]
 
     def resolve_budget(self, arm: str, stack: tuple[str, ...] = ()) -> None:
         """Solve ``match``: set the arm's rank/fraction so its parameters are within tolerance of the target."""
@@ -184,6 +191,19 @@ class Compare:
         grid = [Cell(arm, lr, s) for lr in b.learning_rates for s in b.tune_seeds]
         lr = self.chosen_lr(arm)
         return grid + ([Cell(arm, lr, s) for s in b.seeds if s not in b.tune_seeds] if lr is not None else [])
+
+    def report(self) -> dict[str, Any]:
+        """Re-render the report from ``results.jsonl`` alone; arms whose budget was not solved yet show as not run."""
+        from .report import write_report
+
+        self.report_only = True
+        self.prepare()
+        for arm in self.config.arms:
+            try:
+                self.resolve_budget(arm)
+            except NotRecorded:
+                continue
+        return write_report(self)
 
     def run(self, arms: list[str] | None = None, *, progress: bool = True) -> dict[str, Any]:
         from tqdm.auto import tqdm
