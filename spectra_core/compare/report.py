@@ -82,7 +82,8 @@ def markdown(rows: list[dict[str, Any]], reference: str | None) -> str:
                          for lr, v in r["validation_by_lr"].items())
         lr = f"**{r['lr']:g}** ({grid})" if r["lr"] is not None else f"not chosen ({grid})"
         if "loss" not in r:
-            lines.append(f"| {r['arm']} | {lr} | not run | – | – | – | – | – |{' – |' if cuda else ''} – | 0/{r['seeds_planned']} |")
+            dashes = " – |" * (len(head) - 4)
+            lines.append(f"| {r['arm']} | {lr} | not run |{dashes} 0/{r['seeds_planned']} |")
             continue
         vs = r.get("vs_reference")
         delta = "reference" if r["arm"] == reference else ("–" if not vs else _pm(vs[0], vs[1], "{:+.4f}"))
@@ -108,7 +109,8 @@ def setup_line(compare: Any, rows: list[dict[str, Any]]) -> str:
             f"{len(s.heldout_records) or 'its own file'}{' records' if s.heldout_records else ''}), "
             f"{b.steps} steps × batch {batch} × {length} tokens, seeds {b.seeds}, LR grid "
             f"{[f'{x:g}' for x in b.learning_rates]} on seed(s) {b.tune_seeds} (chosen on the validation split), "
-            f"{cfg.threads} torch thread(s) per run, {os.cpu_count()} CPU cores, {load}, commit(s) {', '.join(commits)}")
+            f"{cfg.threads} torch thread(s) per run, {os.cpu_count()} CPU cores, {load}, "
+            f"commit(s) {', '.join(commits)}")
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:

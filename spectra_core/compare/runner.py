@@ -132,7 +132,8 @@ class Compare:
     def parameters(self, arm: str, stack: tuple[str, ...] = ()) -> int:
         """Trainable parameters of ``arm``'s plan (its budget solved first when it matches another)."""
         if arm in stack:
-            raise ConfigError(f"match cycle: {' -> '.join((*stack, arm))}", hint="let one arm of the cycle set its budget")
+            raise ConfigError(f"match cycle: {' -> '.join((*stack, arm))}",
+                              hint="let one arm of the cycle set its budget")
         self.resolve_budget(arm, (*stack, arm))
         config = self.cell_config(Cell(arm, self.config.budget.learning_rates[0], self.config.budget.seeds[0]))
         return self._job("params", config, f"params-{arm}", {"arm": arm})["parameters"]
@@ -143,7 +144,8 @@ class Compare:
         if spec.match is None or arm in self._budgets:
             return
         target = spec.match if isinstance(spec.match, int) else self.parameters(spec.match, stack or (arm,))
-        solved = self._job("params", self.cell_config(Cell(arm, self.config.budget.learning_rates[0], self.config.budget.seeds[0]), overlay={}),
+        b = self.config.budget
+        solved = self._job("params", self.cell_config(Cell(arm, b.learning_rates[0], b.seeds[0]), overlay={}),
                            f"solve-{arm}", {"arm": arm, "target": target}, target=target, knob=spec.solve,
                            tolerance=spec.tolerance)
         self._budgets[arm] = {"allocator": {"options": solved["options"]}}
@@ -244,5 +246,6 @@ class Compare:
         summary = write_report(self)
         if failed:
             raise JobFailed(f"{len(failed)} run(s) failed: {', '.join(failed)}",
-                            hint=f"see {self.out / 'logs'}; rerun the same command to retry them (finished runs are kept)")
+                            hint=f"see {self.out / 'logs'}; rerun the same command to retry them "
+                                 "(finished runs are kept)")
         return summary

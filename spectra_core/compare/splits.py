@@ -58,7 +58,8 @@ def make_splits(data: DataConfig, split: SplitConfig, out: Path) -> Splits:
     if data.validation_path:
         n_held, source = 0, "data.validation_path"
     else:
-        n_held, source = max(1, round(n * (split.heldout_fraction or data.validation_fraction))), "carved from data.path"
+        n_held = max(1, round(n * (split.heldout_fraction or data.validation_fraction)))
+        source = "carved from data.path"
     n_val = max(1, round((n - n_held) * split.validation_fraction))
     if n - n_held - n_val < 1:
         raise InputError(f"{data.path} has {n} records: too few for training, validation and held-out parts",
