@@ -25,11 +25,18 @@ def arm_row(compare: Any, arm: str, reference: dict[int, float] | None, base_pea
     grid = {}
     for lr in b.learning_rates:
         found = [compare.cell_result(Cell(arm, lr, s)) for s in b.tune_seeds]
-        grid[f"{lr:g}"] = statistics.fmean(r["validation_loss"] for r in found) if all(found) else None
+        if not all(found):
+            grid[f"{lr:g}"] = None
+        elif any(r.get("diverged") for r in found):
+            grid[f"{lr:g}"] = "diverged"
+        else:
+            grid[f"{lr:g}"] = statistics.fmean(r["validation_loss"] for r in found)
     lr = compare.chosen_lr(arm)
     runs = {s: compare.cell_result(Cell(arm, lr, s)) for s in b.seeds} if lr is not None else {}
-    runs = {s: r for s, r in runs.items() if r is not None}
+    diverged = sorted(s for s, r in runs.items() if r is not None and r.get("diverged"))
+    runs = {s: r for s, r in runs.items() if r is not None and not r.get("diverged")}
     row: dict[str, Any] = {"arm": arm, "validation_by_lr": grid, "lr": lr, "seeds": sorted(runs),
+                           "diverged_seeds": diverged,
                            "seeds_planned": len(b.seeds), "solved": compare.solved.get(arm)}
     if not runs:
         return row
@@ -78,7 +85,7 @@ def markdown(rows: list[dict[str, Any]], reference: str | None) -> str:
             "s / step", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in rows:
-        grid = ", ".join(f"{lr}: {v:.4f}" if v is not None else f"{lr}: not run"
+        grid = ", ".join(f"{lr}: {v:.4f}" if isinstance(v, float) else f"{lr}: {v or 'not run'}"
                          for lr, v in r["validation_by_lr"].items())
         lr = f"**{r['lr']:g}** ({grid})" if r["lr"] is not None else f"not chosen ({grid})"
         if "loss" not in r:
@@ -91,7 +98,8 @@ def markdown(rows: list[dict[str, Any]], reference: str | None) -> str:
         cells = [r["arm"], lr, _pm(r["loss"], r["loss_std"]), delta, f"{r['start']:.4f}",
                  f"{r['trainable_parameters']:,}", f"{r['peak_rss_mib']:.0f}", above,
                  *([f"{r['cuda_peak_mib']:.0f}" if r["cuda_peak_mib"] is not None else "–"] if cuda else []),
-                 f"{r['step_time_s']:.3f}", f"{len(r['seeds'])}/{r['seeds_planned']}"]
+                 f"{r['step_time_s']:.3f}", f"{len(r['seeds'])}/{r['seeds_planned']}"
+                 + (f" ({len(r['diverged_seeds'])} diverged)" if r["diverged_seeds"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -147,7 +155,7 @@ def write_report(compare: Any) -> dict[str, Any]:
     setup = setup_line(compare, rows)
     table = markdown(rows, compare.config.reference)
     summary = {"setup": setup, "reference": compare.config.reference, "rows": rows,
-               "complete": all(len(r["seeds"]) == r["seeds_planned"] for r in rows)}
+               "complete": all(len(r["seeds"]) + len(r["diverged_seeds"]) == r["seeds_planned"] for r in rows)}
     write_text(compare.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text(compare.out / "table.md", f"{setup}.\n\n{table}\n")
     plot(rows, compare.out / "pareto.png", setup)

@@ -177,15 +177,17 @@ class Compare:
         return self.store.get(job_key(self._key_spec("cell", self.cell_config(cell))))
 
     def chosen_lr(self, arm: str) -> float | None:
-        """The grid LR with the lowest mean VALIDATION loss over the tune seeds (None until all have run)."""
+        """The grid LR with the lowest mean VALIDATION loss over the tune seeds (None until all have run,
+        or when every LR diverged); an LR that diverged on any tune seed is not chosen."""
         b = self.config.budget
         means = {}
         for lr in b.learning_rates:
             found = [self.cell_result(Cell(arm, lr, s)) for s in b.tune_seeds]
             if any(r is None for r in found):
                 return None
-            means[lr] = statistics.fmean(r["validation_loss"] for r in found)
-        return min(means, key=means.__getitem__)
+            if all(r.get("validation_loss") is not None for r in found):
+                means[lr] = statistics.fmean(r["validation_loss"] for r in found)
+        return min(means, key=means.__getitem__) if means else None
 
     def cells(self, arm: str) -> list[Cell]:
         """The arm's grid cells, then (once its LR is chosen) its remaining seeds."""

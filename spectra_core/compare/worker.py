@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
-from ..errors import SpectraError
+from ..errors import SpectraError, TrainingError
 
 
 def peak_rss_mib() -> float:
@@ -66,7 +66,13 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     pipe = Pipeline.from_dict(spec["config"])
-    run = pipe.train(overwrite=True)
+    try:
+        run = pipe.train(overwrite=True)
+    except TrainingError as exc:  # a diverged run (NaN loss) is a result: this LR does not train
+        if "NaN" not in exc.message:
+            raise
+        return {"diverged": exc.message, "validation_loss": None, "wall_s": time.perf_counter() - started,
+                "loadavg": os.getloadavg()[0], "commit": code_commit()}
     model, cfg = run.model, pipe.config
     tokenizer = run.tokenizer()
     if tokenizer.pad_token_id is None:
