@@ -135,7 +135,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from ..cli import _quiet_third_party
-
-    _quiet_third_party()
     sys.exit(main(sys.argv[1:]))
