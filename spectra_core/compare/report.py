@@ -108,9 +108,11 @@ def setup_line(compare: Any, rows: list[dict[str, Any]]) -> str:
     """Model, data, budget, machine and load: what a reader needs to judge the numbers."""
     cfg, b, s = compare.config, compare.config.budget, compare.splits
     data, training = cfg.base["data"], cfg.base.get("training", {})
-    loads = [x for r in rows for x in r.get("loadavg", [])]
-    load = f"load average {min(loads):.1f}–{max(loads):.1f} at the runs' ends" if loads else "no runs yet"
-    commits = sorted({c for r in rows for c in r.get("commits", [])}) or [code_commit()]
+    cells = [r["result"] for r in compare.store.records.values() if r.get("job") == "cell"]
+    loads = [c["loadavg"] for c in cells if "loadavg" in c]
+    load = (f"{len(cells)} run(s) finished, load average {min(loads):.1f}–{max(loads):.1f} at their ends"
+            if loads else "no runs finished yet")
+    commits = sorted({c.get("commit", "unrecorded") for c in cells}) or [code_commit()]
     length, batch = data.get("max_length", 256), training.get("batch_size", 4)
     return (f"model {cfg.base['model']['source']}, data {Path(data['path']).name} ({len(s.train_records)} training / "
             f"{len(s.validation_records)} validation records; held-out: {s.heldout_source}, "
