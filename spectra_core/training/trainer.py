@@ -170,8 +170,10 @@ class Trainer:
     def train(self, *, resume: bool = False, overwrite: bool = False) -> Run:
         if self.config.data is None:
             raise InputError("the config has no data section", hint="add data: {path: FILE} to the config")
-        if self.plan is not None and self.pipeline.rebalancer is not None:
-            self.pipeline.rebalancer.check_plan(self.plan)  # before anything is written or replaced
+        if self.plan is not None:  # before anything is written or replaced
+            self.plan.check_init(tied=self.pipeline.gradient_merger is not None)
+            if self.pipeline.rebalancer is not None:
+                self.pipeline.rebalancer.check_plan(self.plan)
         acc = make_accelerator()
         self.rank, self.world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
         self.device = acc.device
