@@ -9,12 +9,11 @@ import typer
 from spectra_core.console import quiet_known_noise
 from spectra_core.errors import SpectraError
 
-app = typer.Typer(help="SpectraQLoRA: spend LoRA capacity where the weights carry signal.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+from .app import app
 
 
 def _register() -> None:
-    from . import config_cmd, info  # noqa: F401  (commands register themselves on `app`)
+    from . import compare, config_cmd, info  # noqa: F401  (commands register themselves on `app`)
     from . import eval_cmd, generate  # noqa: F401
     from . import export  # noqa: F401
     from . import scan  # noqa: F401

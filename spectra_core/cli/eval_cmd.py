@@ -9,7 +9,7 @@ import typer
 
 from spectra_core.errors import InputError
 
-from . import app
+from .app import app
 
 
 @app.command("eval")

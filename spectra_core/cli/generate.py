@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from . import app
+from .app import app
 
 
 @app.command("generate")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from spectra_core.config import BUNDLED_PREFIX
 from spectra_core.errors import InputError
@@ -87,6 +88,15 @@ def load_snippet(run: RunArtifacts, base: BaseModelInfo, adapter: Path) -> list[
     return lines
 
 
+def strategies_yaml(config: Any) -> str:
+    """The run config's strategy sections (name and every option, defaults included) as YAML."""
+    import yaml
+
+    data = config.model_dump(mode="json")
+    keys = ("quantizer", "scorer", "allocator", "gradient_merger", "rebalancer", "exporters")
+    return yaml.safe_dump({k: data[k] for k in keys if data.get(k) is not None}, sort_keys=False)
+
+
 def model_card(run: RunArtifacts, destination: Path, stored_parameters: int, *,
                serving: tuple[int, int] | None = None) -> str:
     """A Hugging Face style README. ``serving``: (rank, stored parameters) of ``serving/`` when written."""
@@ -127,6 +137,7 @@ def model_card(run: RunArtifacts, destination: Path, stored_parameters: int, *,
     ]
     if groups:
         lines.append(f"- **Groups (shared LoRA):** {len(groups)}; members listed in `spectra_groups.json`")
+    lines += ["", "## Strategies and options as run", "", "```yaml", strategies_yaml(config).rstrip(), "```"]
     lines += ["", "## Files", "", "| file | use it for |", "|---|---|",
               "| `adapter_config.json`, `adapter_model.safetensors` | the adapter exactly as trained, for peft / "
               "transformers (`PeftModel.from_pretrained`); per-module ranks and alphas in `rank_pattern` / "

@@ -27,7 +27,7 @@ from ..run import Run
 from ..scores import Scores
 from . import checkpoint as ckpt
 from .distributed import all_reduce_grads, all_reduce_sum, barrier, make_accelerator
-from .loss import causal_lm_loss
+from .loss import causal_lm_loss, summed_eval_loss
 from .metrics import PROJECT, TRACKER_DIR, MetricsLog, resolve_trackers, tracker_config
 from .modeling import build_peft_model, load_base, trainable_named_parameters
 from .optim import lr_factor, make_optimizer, set_lr
@@ -147,16 +147,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> float:
         """Held-out loss per label token (validation split, sharded over processes)."""
-        model.eval()
-        bs = self.tcfg.batch_size
-        batches = [self.data.validation[i:i + bs] for i in range(0, len(self.data.validation), bs)]
-        if self.tcfg.eval_batches:
-            batches = batches[:self.tcfg.eval_batches]
-        total = count = 0.0
-        for batch in batches[self.rank::self.world]:
-            loss, n = causal_lm_loss(model, self._on_device(collate(batch, self.pad_id)))
-            total, count = total + float(loss), count + n
-        model.train()
+        total, count = summed_eval_loss(model, self.data.validation, self.pad_id, batch_size=self.tcfg.batch_size,
+                                        max_batches=self.tcfg.eval_batches, rank=self.rank, world=self.world,
+                                        device=self.device)
         total, count = all_reduce_sum([total, count])
         return total / max(count, 1.0)
 
@@ -177,8 +170,10 @@ class Trainer:
     def train(self, *, resume: bool = False, overwrite: bool = False) -> Run:
         if self.config.data is None:
             raise InputError("the config has no data section", hint="add data: {path: FILE} to the config")
-        if self.plan is not None and self.pipeline.rebalancer is not None:
-            self.pipeline.rebalancer.check_plan(self.plan)  # before anything is written or replaced
+        if self.plan is not None:  # before anything is written or replaced
+            self.plan.check_init(tied=self.pipeline.gradient_merger is not None)
+            if self.pipeline.rebalancer is not None:
+                self.pipeline.rebalancer.check_plan(self.plan)
         trackers = resolve_trackers(self.tcfg.report_to, self.run_dir)
         acc = make_accelerator(log_with=trackers, logging_dir=str(self.run_dir / TRACKER_DIR))
         self.rank, self.world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
@@ -204,14 +199,12 @@ class Trainer:
         model.to(acc.device)
         model.train()
         optimizer = make_optimizer(model, self.plan, self.tcfg.learning_rate, self.tcfg.weight_decay)
-        session = Session(model, self.plan, optimizer, batches=self._calibration,
-                          lr=self.tcfg.learning_rate, weight_decay=self.tcfg.weight_decay, run_dir=self.run_dir)
         merger = self.pipeline.gradient_merger
-        if merger is not None:
-            if start_ckpt is None:
-                session.plan = self.plan = merger.calibrate(session)
-            merger.tie(session)
-            session.apply_plan()
+        session = Session(model, self.plan, optimizer, batches=self._calibration, lr=self.tcfg.learning_rate,
+                          weight_decay=self.tcfg.weight_decay, seed=self.tcfg.seed, run_dir=self.run_dir,
+                          merger=merger, is_main_process=is_main)
+        if merger is not None and start_ckpt is None:  # on resume the checkpoint's plan has the groups
+            self._log_changes(merger.name, session.apply(merger.calibrate(session), strategy=merger.name))
 
         state = ckpt.TrainState(step=0, micro_batches=0)
         if start_ckpt is not None:
@@ -246,7 +239,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         t = self.tcfg
-        merger, rebalancer = self.pipeline.gradient_merger, self.pipeline.rebalancer
+        rebalancer = self.pipeline.rebalancer
         every = rebalancer.every_steps() if rebalancer is not None else None
         schedule = {"name": t.schedule, "warmup": t.warmup_steps, "total": t.max_steps}
         bar = tqdm(total=t.max_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
@@ -257,15 +250,15 @@ class Trainer:
             loss_sum = tokens = 0.0
             for _ in range(t.gradient_accumulation):
                 batch = self._micro_batch(state.micro_batches)
-                loss, n = causal_lm_loss(model, batch)
-                reduced, count = all_reduce_sum([float(loss.detach()), float(n)])
-                if not math.isfinite(reduced):
-                    bar.close()
-                    self._fail_nan(state.step + 1)
-                if n:
-                    (loss / n / t.gradient_accumulation).backward()
-                if merger is not None:
-                    merger.merge_gradients(session)
+                with session.training_pass():
+                    loss, n = causal_lm_loss(model, batch)
+                    reduced, count = all_reduce_sum([float(loss.detach()), float(n)])
+                    if not math.isfinite(reduced):
+                        bar.close()
+                        self._fail_nan(state.step + 1)
+                    if n:
+                        (loss / n / t.gradient_accumulation).backward()
+                session.merge_gradients()
                 loss_sum, tokens = loss_sum + reduced, tokens + count
                 state.micro_batches += 1
             params = [p for _, p in trainable_named_parameters(model)]
@@ -303,14 +296,17 @@ class Trainer:
             metrics.write({"step": state.step, "eval_loss": self.evaluate(model), "after": "rebalance"})
 
     def _rebalance(self, rebalancer: Any, session: Session, metrics: MetricsLog) -> None:
-        changes = rebalancer.rebalance(session)
-        for change in changes:
-            if change not in session.plan.history:
-                session.plan.history.append(change)
-        session.apply_plan()
-        self.plan = session.plan
+        """The rebalancer proposes; the session validates, applies and records once; then it is logged."""
+        changes = session.apply(rebalancer.rebalance(session), strategy=rebalancer.name)
+        self._log_changes(rebalancer.name, changes)
         metrics.write({"step": session.step, "event": "rebalance", "strategy": rebalancer.name,
                        "changes": [c.model_dump(mode="json") for c in changes]})
+
+    @staticmethod
+    def _log_changes(strategy: str, changes: list[Any]) -> None:
+        modules = sorted({c.module for c in changes})
+        log.info("%s changed %d plan field(s) of %d module(s)%s", strategy, len(changes), len(modules),
+                 f" (e.g. {modules[0]})" if modules else "")
 
     def _save(self, model: Any, optimizer: torch.optim.Optimizer, state: ckpt.TrainState,
               schedule: dict[str, Any], is_main: bool) -> Path:
