@@ -78,13 +78,13 @@ def method_config(method: str, root: Path) -> dict:
     del cfg["quantizer"], cfg["allocator"]  # the method's own: bnb-nf4 and its allocator
     if method == "hybrid":
         cfg["allocator"] = {"name": "spectrum-top", "options": {"top_fraction": 0.5, "rank": 8, "alpha": 16}}
-        cfg["rebalancer"] = {"name": "snr-reselect", "options": {"scorer": "random", "scorer_options": {"seed": 3}}}
+        cfg["rebalancer"] = {"name": "snr-reselect", "options": {"scorer": {"name": "random", "options": {"seed": 3}}}}
     elif method == "alors":
         cfg["allocator"] = {"name": "alors-tiers", "options": {"tiers": [
             {"name": "high", "quantile": [0, 0.25], "rank": 8, "alpha": 8},
             {"name": "medium", "quantile": [0.25, 0.5], "rank": 2, "alpha": 4, "lr_scale": 2.0},
             {"name": "low", "quantile": [0.5, 1], "rank": 0}]}}
-        cfg["rebalancer"] = {"name": "alors-resize", "options": {"scorer": "random", "scorer_options": {"seed": 5}}}
+        cfg["rebalancer"] = {"name": "alors-resize", "options": {"scorer": {"name": "random", "options": {"seed": 5}}}}
     else:
         cfg["allocator"] = {"name": "spectrum-top", "options": {"top_fraction": 1.0, "rank": 4, "alpha": 8}}
         cfg["gradient_merger"] = {"name": "cosine-groups", "options": {"threshold": -1.0, "max_group_size": 2,

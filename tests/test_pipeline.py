@@ -47,7 +47,7 @@ def test_a_run_with_strategy_instances_records_them_and_resumes_and_exports_from
     run = pipe.train()
     saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
     assert saved["scorer"] == {"name": "mp", "options": {"on_bad": "error", "method": "svd"}}
-    assert saved["exporters"] == [{"name": "peft-adapter", "options": {}}]
+    assert saved["exporters"] == [{"name": "peft-adapter", "options": {"uniform": False, "uniform_rank": None}}]
     card = (pipe.export(run)["peft-adapter"] / "README.md").read_text()
     assert "scorer `mp`" in card and "## Strategies and options as run" in card and "name: mp" in card
     resumed = subprocess.run(spectra_cmd("train", str(run.run_dir / "config.yaml"), "--resume"), env=cli_env(),
