@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spectra_core.atomic import check_output_file
+
 from . import app
 
 
@@ -29,6 +31,8 @@ def plan_cmd(
     from spectra_core.pipeline import Pipeline
     from spectra_core.training.memory import estimate_memory
 
+    if out is not None:
+        check_output_file(out, "--out")
     pipe = Pipeline.from_yaml(config, overrides=overrides or [])
     plan = pipe.plan()
     before = plan.trainable_parameters()
@@ -88,11 +92,19 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in output_dir."),
 ) -> None:
     """Scan, plan, train and export. Prints held-out loss before/after and where everything went."""
+    from spectra_core.data import check_data_source
     from spectra_core.pipeline import Pipeline
+    from spectra_core.rundir import check_flags, check_output_dir, recover
     from spectra_core.training.metrics import read_metrics
     from spectra_core.training.trainer import TrainingInterrupted
 
+    check_flags(resume=resume, overwrite=overwrite)
     pipe = Pipeline.from_yaml(config, overrides=overrides or [])
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        recover(pipe.output_dir)
+    check_output_dir(pipe.output_dir, resume=resume, overwrite=overwrite)
+    if pipe.config.data is not None:
+        check_data_source(pipe.config.data)
     try:
         run = pipe.train(resume=resume, overwrite=overwrite)
     except TrainingInterrupted as exc:

@@ -97,7 +97,8 @@ def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, A
     strategy = scorer if isinstance(scorer, Scorer) else get_registry().create("scorer", scorer, options or {})
     source = filter_types(open_weights(model, names), types)
     opts = strategy.options.model_dump()
-    key = cache.cache_key(source.fingerprint, strategy.name, opts, source.names())
+    key = cache.cache_key(source.fingerprint, strategy.name, opts, source.names(),
+                          code=cache.code_identity(type(strategy)))
     rank, world = _distributed()
     if use_cache and (hit := cache.load_cached(key)) is not None:
         return ScanResult(hit, cached=True, seconds=time.perf_counter() - start, world_size=world)
