@@ -76,3 +76,15 @@ def _source_hash(module: str) -> str:
     for name, f in files:
         digest.update(name.encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()[:32]
+
+
+def load_cached(key: str) -> Scores | None:
+    path = cache_dir() / f"{key}.json"
+    try:
+        return Scores.load(path) if path.is_file() else None
+    except (InputError, ValidationError, ValueError):
+        return None  # a stale or damaged entry is simply recomputed
+
+
+def store(key: str, scores: Scores) -> Path:
+    return scores.save(cache_dir() / f"{key}.json")
