@@ -80,11 +80,16 @@ class TrainingConfig(_Strict):
 class TargetsConfig(_Strict):
     include: list[str] | None = Field(
         default=None, description="Regexes over module names; default: every nn.Linear except the output head.")
-    exclude: list[str] = Field(default_factory=lambda: ["lm_head"])
+    exclude: list[str] = Field(default_factory=lambda: ["lm_head"], description=(
+        "Regexes of modules never adapted. A list given here replaces the default ['lm_head']: keep "
+        "'lm_head' in it to keep the output head frozen (`spectra plan` notes when the head became a target)."))
 
 
-def _empty_stage(stage: Stage) -> type[BaseModel]:
+def _empty_stage(stage: Stage, registry: Registry) -> type[BaseModel]:
     def refuse(cls: type, data: Any) -> Any:
+        name = data.get("name") if isinstance(data, dict) else None
+        if found := _not_loaded(HOOK_OF_STAGE[stage], name, registry):
+            raise ValueError(f"unknown {stage} {name!r}; {found[0]} ({found[1]})")
         raise ValueError(f"no {stage} strategies are installed; pip install a plugin that provides one")
 
     return create_model(f"No_{stage}", __config__=ConfigDict(extra="allow"),
@@ -102,7 +107,7 @@ def _section_type(registry: Registry, stage: Stage) -> Any:
             options=(cls.Options, Field(default_factory=cls.Options)),
         ))
     if not members:
-        return _empty_stage(stage)
+        return _empty_stage(stage, registry)
     if len(members) == 1:
         return members[0]
     return Annotated[Union[tuple(members)], Field(discriminator="name")]

@@ -90,15 +90,15 @@ def check_data_file(source: str) -> None:
         return
     with path.open("rb") as fh:
         head = fh.read(_SNIFF_BYTES)
+    if b"\x00" in head:
+        raise InputError(f"data file {source} is binary, not text (it contains NUL bytes)",
+                         hint=f"give a UTF-8 text {path.suffix} file (is it the right file?)")
     complete = len(head) < _SNIFF_BYTES
     try:
         text = codecs.getincrementaldecoder("utf-8")().decode(head, final=complete)
     except UnicodeDecodeError as exc:
         raise InputError(f"data file {source} is not UTF-8 text (undecodable byte at offset {exc.start})",
                          hint=f"give a UTF-8 {path.suffix} file (re-encode it, or check it is the right file)") from None
-    if "\x00" in text:
-        raise InputError(f"data file {source} is binary, not text (it contains NUL bytes)",
-                         hint=f"give a UTF-8 text {path.suffix} file (is it the right file?)")
     if complete and not text.strip():
         raise InputError(f"data file {source} is empty (only whitespace)", hint="give a file with at least two records")
 

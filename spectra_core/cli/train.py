@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -55,6 +56,8 @@ def plan_cmd(
         table.add_row(*(cells[c] for c in columns))
     console = Console(soft_wrap=True)  # long summary lines stay whole (greppable in logs)
     console.print(table)
+    if note := _head_note(pipe.config.targets, plan):
+        console.print(note, highlight=False)
     for group, members in plan.groups().items():
         console.print(f"group {group}: {', '.join(members)}")
     if plan.trainable_parameters() != before:
@@ -71,6 +74,15 @@ def plan_cmd(
     if out is not None:
         plan.save(out)
         console.print(f"plan written to {out}")
+
+
+def _head_note(targets: Any, plan: Any) -> str | None:
+    """Say so when a user's ``targets.exclude`` replaced the default ``[lm_head]`` and the head is now a target."""
+    heads = [n for n in plan.modules if n.split(".")[-1] == "lm_head"]
+    if "exclude" not in targets.model_fields_set or not heads:
+        return None
+    return (f"note: targets.exclude {targets.exclude} replaces the default ['lm_head'], so the output head "
+            f"{heads[0]} is a target; add 'lm_head' to targets.exclude to keep it frozen")
 
 
 def _tiers(mods: list) -> str:
