@@ -12,6 +12,7 @@ config says so. :func:`base_bytes_per_param` gives the storage cost of a quantiz
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -40,10 +41,13 @@ def resolve_compute_dtype(name: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-def _device_map() -> str:
+def device_map() -> str | dict[str, int]:
+    """Where a 4-bit base is loaded: the whole model on this process's GPU (``LOCAL_RANK`` under
+    torchrun/accelerate, else GPU 0), or the CPU. Never ``"auto"``: that splits one model over every
+    visible GPU in each process, so under torchrun all ranks would share (and overfill) the same GPUs."""
     import torch
 
-    return "auto" if torch.cuda.is_available() else "cpu"
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else "cpu"
 
 
 class NoQuantizer(Quantizer):
@@ -88,7 +92,7 @@ class BnbNF4Quantizer(Quantizer):
                                    bnb_4bit_use_double_quant=self.options.double_quant,
                                    bnb_4bit_compute_dtype=compute)
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, quantization_config=quant, dtype=compute, device_map=_device_map(),
+            model_dir, quantization_config=quant, dtype=compute, device_map=device_map(),
             trust_remote_code=trust_remote_code, use_safetensors=True)
         guard_cpu_repack(model)
         # gradient checkpointing is switched on by the trainer (training.gradient_checkpointing),

@@ -32,11 +32,28 @@ class ScanResult:
     world_size: int = 1
 
 
-class _Progress:
-    """A WeightSource wrapper that shows a tqdm bar, one tick per tensor."""
+def scan_device(device: str = "auto") -> torch.device:
+    """The device spectra are computed on: ``auto`` is this process's GPU (``LOCAL_RANK``) when CUDA
+    is available, else the CPU; ``cuda`` without a usable GPU is an input error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"scan device {device!r} asked for, but torch sees no CUDA GPU",
+                             hint="use --device cpu (or auto), or install a CUDA build of torch")
+        if device == "cuda":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown scan device {device!r}", hint="use auto, cpu, cuda or cuda:N") from exc
 
-    def __init__(self, source: EntrySource, enabled: bool) -> None:
-        self.source, self.enabled = source, enabled
+
+class _Progress:
+    """A WeightSource wrapper that moves each tensor to ``device`` and shows a tqdm bar, one tick per tensor."""
+
+    def __init__(self, source: EntrySource, enabled: bool, device: torch.device) -> None:
+        self.source, self.enabled, self.device = source, enabled, device
         self.fingerprint = source.fingerprint
 
     def __len__(self) -> int:
@@ -52,7 +69,7 @@ class _Progress:
                   file=sys.stderr, dynamic_ncols=True) as bar:
             for name, w in self.source:
                 bar.set_postfix_str(name[-40:], refresh=False)
-                yield name, w
+                yield name, w.to(self.device)
                 bar.update(1)
 
 
@@ -87,13 +104,16 @@ def _distributed() -> tuple[int, int]:
 
 def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, Any] | None = None, *,
              types: Sequence[str] | None = None, names: Sequence[str] | None = None,
-             use_cache: bool = True, progress: bool = False) -> ScanResult:
+             use_cache: bool = True, progress: bool = False, device: str = "auto") -> ScanResult:
     """Score ``model`` (path, ``bundled:…`` or nn.Module) with a scorer (a registered name or an instance).
+
+    ``device`` (see :func:`scan_device`) is where each tensor is moved before it is scored.
 
     Under ``torchrun`` the tensors are split round-robin across processes and every process
     returns the same gathered result (in source order, identical to one process at one thread).
     """
     start = time.perf_counter()
+    where = scan_device(device)
     strategy = scorer if isinstance(scorer, Scorer) else get_registry().create("scorer", scorer, options or {})
     source = filter_types(open_weights(model, names), types)
     opts = strategy.options.model_dump()
@@ -104,7 +124,7 @@ def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, A
         return ScanResult(hit, cached=True, seconds=time.perf_counter() - start, world_size=world)
     mine = source.subset(source.names()[rank::world]) if world > 1 else source
     try:
-        part: Any = strategy.score(_Progress(mine, progress and rank == 0))
+        part: Any = strategy.score(_Progress(mine, progress and rank == 0, where))
         notes = list(getattr(strategy, "notes", []))
     except SpectraError as exc:
         if world == 1:
