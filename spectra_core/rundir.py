@@ -24,23 +24,23 @@ log = logging.getLogger(__name__)
 RUN_ENTRIES = ("config.yaml", "scores.json", "plan.json", "metrics.jsonl", "checkpoints", "final", "exports",
                "tensorboard")
 _ASIDE = re.compile(r"^\.spectra-replaced-(?P<pid>\d+)$")
-_STEP_DIR = re.compile(r"^step-\d{8}$")
+STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (a checkpoint is complete once its state.json exists)."""
-    root = Path(run_dir) / "checkpoints"
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (hidden temp dirs are ignored)."""
+    root = Path(root)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "state.json").is_file()),
-                  key=lambda p: p.name)
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: p.name)
 
 
 def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds something a run produced that is worth keeping: a checkpoint, the
     final adapter or exports. (Inputs written by a run killed before its first checkpoint are not.)"""
     run_dir = Path(run_dir)
-    return bool(checkpoints(run_dir)) or (run_dir / "final").exists() or (run_dir / "exports").exists()
+    return bool(list_checkpoints(run_dir / "checkpoints")) or (run_dir / "final").exists() or (run_dir / "exports").exists()
 
 
 def check_flags(*, resume: bool, overwrite: bool) -> None:
@@ -62,7 +62,7 @@ def check_output_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         if not (run_dir / "config.yaml").is_file():
             raise TrainingError(f"nothing to resume in {run_dir} (no config.yaml)",
                                 hint="start the run without --resume")
-        if not checkpoints(run_dir):
+        if not list_checkpoints(run_dir / "checkpoints"):
             if (run_dir / "final").exists():
                 raise TrainingError(f"cannot resume {run_dir}: the run is finished and kept no checkpoint",
                                     hint="its adapter is in final/ (`spectra export` writes its exports); "

@@ -327,7 +327,8 @@ class Trainer:
                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}), so the {what} is NaN "
                              f"from step {step}", hint=f"fix or re-download the checkpoint in {self.pipeline.model_dir()}")
         found = ckpt.list_checkpoints(self.run_dir / "checkpoints")
-        last = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+        last = (f"the last good checkpoint is {found[-1]}" if found
+                else "no checkpoint was written yet, so the output directory was left as it was")
         raise TrainingError(f"training stopped: the {what} became NaN/inf at step {step}; {last}",
-                            hint="lower training.learning_rate, keep training.max_grad_norm set, "
-                                 "or check the data; then --resume or --overwrite")
+                            hint="lower training.learning_rate, keep training.max_grad_norm set, or check the data; "
+                                 "then " + ("--resume or --overwrite" if found else "run the command again"))
