@@ -124,14 +124,15 @@ def clean_leftovers(directory: Path) -> list[Path]:
         if match is None or process_alive(int(match["pid"])):
             continue
         original = directory / match["name"]
-        if match["kind"] == "old" and not original.exists():
-            os.replace(entry, original)
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
+        with contextlib.suppress(FileNotFoundError):  # another process may clean the same entry
+            if match["kind"] == "old" and not original.exists():
+                os.replace(entry, original)
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
     return removed
 
 
