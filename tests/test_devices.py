@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from spectra_core.builtins.quantizers import device_map, resolve_compute_dtype
+from spectra_core.devices import local_device
 from spectra_core.errors import InputError
 from spectra_core.spectral.scan import scan_device
 from spectra_core.training.distributed import collective_device
@@ -15,6 +16,7 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-o
 
 @no_cuda
 def test_cpu_only_machine_loads_scans_and_reduces_on_the_cpu():
+    assert local_device() == torch.device("cpu")
     assert device_map() == "cpu" and resolve_compute_dtype("auto") == "float32"
     assert scan_device("auto") == torch.device("cpu") and collective_device() == torch.device("cpu")
 

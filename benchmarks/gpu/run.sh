@@ -13,4 +13,4 @@ PY=${PYTHON:-python3}
 site=${SPECTRA_SITE:-/tmp/spectra-site}
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-exec timeout --signal=TERM --kill-after=20 "${SPECTRA_CHECK_TIMEOUT:-540}" "$PY" benchmarks/gpu/check.py "$out" "$@"
+exec timeout --signal=TERM --kill-after=20 "${SPECTRA_CHECK_TIMEOUT:-560}" "$PY" benchmarks/gpu/check.py "$out" "$@"

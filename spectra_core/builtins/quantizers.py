@@ -12,7 +12,6 @@ config says so. :func:`base_bytes_per_param` gives the storage cost of a quantiz
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -45,9 +44,10 @@ def device_map() -> str | dict[str, int]:
     """Where a 4-bit base is loaded: the whole model on this process's GPU (``LOCAL_RANK`` under
     torchrun/accelerate, else GPU 0), or the CPU. Never ``"auto"``: that splits one model over every
     visible GPU in each process, so under torchrun all ranks would share (and overfill) the same GPUs."""
-    import torch
+    from spectra_core.devices import local_device
 
-    return {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else "cpu"
+    device = local_device()
+    return {"": device.index} if device.type == "cuda" else "cpu"
 
 
 class NoQuantizer(Quantizer):

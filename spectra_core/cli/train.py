@@ -13,7 +13,7 @@ from rich.table import Table
 
 from spectra_core.atomic import check_output_file
 
-from . import app
+from .app import app
 
 
 def _gib(n: int) -> str:
@@ -60,6 +60,8 @@ def plan_cmd(
         console.print(note, highlight=False)
     for group, members in plan.groups().items():
         console.print(f"group {group}: {', '.join(members)}")
+    if pipe.rescoring:
+        console.print(pipe.rescoring)
     if plan.trainable_parameters() != before:
         console.print(f"shared LoRAs: {before:,} -> {plan.trainable_parameters():,} trainable parameters "
                       f"({plan.trainable_parameters() / before:.2f}x)")

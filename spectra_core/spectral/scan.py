@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
+from spectra_core.devices import local_device
 from spectra_core.errors import InputError, SpectraError
 from spectra_core.registry import get_registry
 from spectra_core.scores import Scores
-from spectra_core.strategies import Scorer
+from spectra_core.strategies import Scorer, checked_scores
 from spectra_core.spectral import cache
 from spectra_core.spectral.sources import EntrySource, open_weights
 from spectra_core.spectral.types import module_type
@@ -36,13 +37,13 @@ def scan_device(device: str = "auto") -> torch.device:
     """The device spectra are computed on: ``auto`` is this process's GPU (``LOCAL_RANK``) when CUDA
     is available, else the CPU; ``cuda`` without a usable GPU is an input error."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return local_device()
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError(f"scan device {device!r} asked for, but torch sees no CUDA GPU",
                              hint="use --device cpu (or auto), or install a CUDA build of torch")
         if device == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return local_device()
     try:
         return torch.device(device)
     except RuntimeError as exc:
@@ -94,7 +95,7 @@ def _distributed() -> tuple[int, int]:
 
     if not dist.is_initialized():
         if torch.cuda.is_available():  # training reuses this group: give it NCCL for CUDA tensors
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_device())
             dist.init_process_group("cpu:gloo,cuda:nccl")
         else:
             dist.init_process_group("gloo")
@@ -124,7 +125,7 @@ def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, A
         return ScanResult(hit, cached=True, seconds=time.perf_counter() - start, world_size=world)
     mine = source.subset(source.names()[rank::world]) if world > 1 else source
     try:
-        part: Any = strategy.score(_Progress(mine, progress and rank == 0, where))
+        part: Any = checked_scores(strategy.score(_Progress(mine, progress and rank == 0, where)), strategy)
         notes = list(getattr(strategy, "notes", []))
     except SpectraError as exc:
         if world == 1:
