@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 RUN_ENTRIES = ("config.yaml", "scores.json", "plan.json", "metrics.jsonl", "checkpoints", "final", "exports",
                "tensorboard")
-_ASIDE = re.compile(r"^\.spectra-replaced-(?P<pid>\d+)$")
+_ASIDE = re.compile(r"^\.spectra-(?P<state>replacing|replaced)-(?P<pid>\d+)$")
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -91,7 +91,9 @@ def recover(run_dir: Path) -> None:
     for aside in run_dir.iterdir():
         match = _ASIDE.match(aside.name)
         if match and not process_alive(int(match["pid"])):
-            Replacement(run_dir, aside=aside).rollback()
+            # "replacing": killed while moving the old entries aside, before the new run wrote anything
+            Replacement(run_dir, aside=aside, kept=_visible(run_dir) if match["state"] == "replacing" else set()
+                        ).rollback()
             log.warning("restored the earlier run in %s: the run replacing it was killed before its "
                         "first checkpoint", run_dir)
     clean_run_leftovers(run_dir)
@@ -116,10 +118,10 @@ class Replacement:
     files; a rollback removes only what the new run added.
     """
 
-    def __init__(self, run_dir: Path, *, aside: Path | None = None) -> None:
+    def __init__(self, run_dir: Path, *, aside: Path | None = None, kept: set[str] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.aside = aside
-        self.kept: set[str] = set()
+        self.kept: set[str] = kept or set()
         self.created = False
         self.done = False
 
@@ -129,10 +131,12 @@ class Replacement:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         present = _visible(self.run_dir)
         if present & set(RUN_ENTRIES):
-            self.aside = self.run_dir / f".spectra-replaced-{os.getpid()}"
-            self.aside.mkdir()
+            moving = self.run_dir / f".spectra-replacing-{os.getpid()}"
+            moving.mkdir()
             for name in sorted(present):
-                os.replace(self.run_dir / name, self.aside / name)
+                os.replace(self.run_dir / name, moving / name)
+            self.aside = self.run_dir / f".spectra-replaced-{os.getpid()}"
+            os.replace(moving, self.aside)  # all moved: from now on the visible entries are the new run's
         else:
             self.kept = present
         return self

@@ -96,7 +96,7 @@ def test_overwrite_killed_before_its_first_checkpoint_restores_the_earlier_run(c
     proc = subprocess.Popen(spectra_cmd("train", str(cfg), "--overwrite"), env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _kill_when(proc, lambda: any(p.name.startswith(".spectra-replaced-") for p in run.iterdir())
-                      and (run / "metrics.jsonl").is_file())  # the new run's own metrics: inputs written
+                      and (run / "config.yaml").is_file())  # the new run's own config: inputs written
     aside = [p for p in run.iterdir() if p.name.startswith(".spectra-replaced-")]
     assert len(aside) == 1 and tree(aside[0]) == before  # moved aside whole, nothing deleted yet
     res = subprocess.run(spectra_cmd("train", str(cfg)), env=cli_env(), capture_output=True, text=True)
