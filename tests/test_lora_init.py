@@ -19,7 +19,8 @@ from spectra_core.plan import LoraInit
 from spectra_core.registry import get_registry
 from spectra_core.run import Run
 from spectra_core.spectral.sources import dense_weight, safetensors_source
-from spectra_core.training.modeling import build_peft_model, lora_modules
+from spectra_core.adapters import lora_layers
+from spectra_core.training.modeling import build_peft_model
 
 NF4 = {"name": "bnb-nf4", "options": {"compute_dtype": "float32"}}
 
@@ -47,7 +48,7 @@ def _loftq_plan(model_dir: Path, rank: int = 4):
 def test_loftq_gives_every_lora_the_optimal_rank_r_correction(tiny_model_dir):
     plan = _loftq_plan(tiny_model_dir)
     model = build_peft_model(_nf4_base(tiny_model_dir), plan, model_dir=tiny_model_dir)
-    layers = lora_modules(model)
+    layers = lora_layers(model)
     assert len(layers) == len(plan.modules) == 14  # frozen modules carry a correction too
     for name, original in safetensors_source(tiny_model_dir, names=list(layers)):
         layer = layers[name]
@@ -65,22 +66,19 @@ def test_loftq_gives_every_lora_the_optimal_rank_r_correction(tiny_model_dir):
     assert (_logits(model.eval(), ids) - want).norm() < (nf4 - want).norm()  # closer to the float model
 
 
-def test_loftq_needs_scaling_one_and_a_4bit_base(tiny_model_dir, data_file, tmp_path):
-    with pytest.raises(ConfigError, match=r"LoftQ init needs LoRA scaling 1.*alpha 32.*2×"):
-        get_registry().create("allocator", "spectrum-top", {"rank": 16, "alpha": 32, "lora_init": {"name": "loftq"}}
-                              ).allocate(*_scores_targets(tiny_model_dir))
+def test_loftq_needs_scaling_one_and_a_4bit_base_and_no_init_survives_tying(tiny_model_dir, data_file, tmp_path):
+    cfg = config_dict(tiny_model_dir, data_file, tmp_path / "run")
+    cfg["allocator"]["options"].update(rank=4, alpha=8, lora_init={"name": "loftq"})
+    with pytest.raises(ConfigError, match=r"LoftQ init needs LoRA scaling 1.*alpha 8.*2×"):
+        Pipeline.from_dict(cfg).plan()
+    cfg["allocator"]["options"].update(alpha=4, lora_init={"name": "eva"})
+    cfg["gradient_merger"] = {"name": "cosine-groups"}
+    with pytest.raises(ConfigError, match="cannot be combined with a gradient merger"):
+        Pipeline.from_dict(cfg).plan()
     with pytest.raises(ConfigError, match="is not a 4-bit layer"):
         build_peft_model(get_registry().create("quantizer", "none").load(tiny_model_dir), _loftq_plan(tiny_model_dir),
                          model_dir=tiny_model_dir)
-
-
-def _scores_targets(model_dir: Path):
-    from spectra_core.config import TargetsConfig
-    from spectra_core.models import find_targets
-
-    targets = find_targets(model_dir, TargetsConfig())
-    scores = get_registry().create("scorer", "random").score(safetensors_source(model_dir, [t.name for t in targets]))
-    return scores, targets
+    assert not (tmp_path / "run").exists()
 
 
 def _logits(model, ids):
@@ -124,7 +122,7 @@ def test_eva_on_nf4_redistributes_ranks_and_the_plan_follows(tiny_model_dir, dat
     assert {c.strategy for c in run.plan.history} == {"eva"}
     final = tmp_path / "run" / "final"
     stock = PeftModel.from_pretrained(_nf4_base(tiny_model_dir), final).eval()
-    assert {n: layer.r["default"] for n, layer in lora_modules(stock).items()} == ranks
+    assert {n: layer.r["default"] for n, layer in lora_layers(stock).items()} == ranks
     ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
     assert torch.allclose(_logits(stock, ids), _logits(run.model.eval(), ids), atol=1e-5)
     assert run.plan.trainable_parameters() == sum(p.numel() for n, p in run.model.named_parameters()
@@ -144,7 +142,7 @@ def test_eva_init_is_peft_eva_components(tiny_model_dir, data_file, tmp_path):
     data = load_data(pipe.config.data, tok, seed=0)
     batches = lambda n: [collate(data.train[2 * i:2 * i + 2], tok.pad_token_id) for i in range(n)]  # noqa: E731
     model = build_peft_model(_nf4_base(tiny_model_dir), plan, batches=batches)
-    for layer in lora_modules(model).values():
+    for layer in lora_layers(model).values():
         a = layer.lora_A["default"].weight.float()
         assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-4)
 
