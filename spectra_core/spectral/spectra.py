@@ -9,11 +9,13 @@ so IQR-based scores stay exact for rank-deficient matrices. ``method="svd"`` alw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
+
+from spectra_core.spectral.phases import phase
 
 Method = Literal["auto", "gram", "svd"]
 CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements per float64 chunk (128 MiB)
@@ -30,8 +32,10 @@ def _gram(w: torch.Tensor) -> torch.Tensor:
     batch = w[..., :1, :1].numel()
     rows = max(1, CHUNK_ELEMENTS // (m * batch))
     for start in range(0, n, rows):
-        block = w[..., start:start + rows, :].to(torch.float64)
-        g += block.mT @ block
+        with phase("upcast"):
+            block = w[..., start:start + rows, :].to(torch.float64)
+        with phase("gram"):
+            g += block.mT @ block
     return g
 
 
@@ -44,29 +48,36 @@ def singular_values(ws: Sequence[torch.Tensor], method: Method = "auto",
     times faster than one multi-threaded LAPACK call, and each result depends only on its own
     matrix (not on the batching or the number of workers).
     """
-    workers = workers or torch.get_num_threads()
     groups: dict[tuple[int, int], list[int]] = {}
     for i, w in enumerate(ws):
         groups.setdefault(tuple(w.shape), []).append(i)
-    tasks = [idx[k::workers] for idx in groups.values() for k in range(min(workers, len(idx)))]
+    workers = workers or torch.get_num_threads()
     out: list[torch.Tensor | None] = [None] * len(ws)
 
     def run(idx: list[int]) -> None:
         for i, s in zip(idx, _batch([ws[i] for i in idx], method)):
             out[i] = s
 
+    on_workers([lambda idx=idx[k::workers]: run(idx) for idx in groups.values()
+                for k in range(min(workers, len(idx)))], workers)
+    return out  # type: ignore[return-value]
+
+
+def on_workers(tasks: Sequence[Callable[[], None]], workers: int | None = None) -> None:
+    """Run ``tasks`` on ``workers`` Python threads (default: torch's thread count), each with one
+    intra-op thread; torch's thread count is restored afterwards."""
+    workers = workers or torch.get_num_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if workers == 1 or len(tasks) == 1:
-            for idx in tasks:
-                run(idx)
+        if workers == 1 or len(tasks) <= 1:
+            for task in tasks:
+                task()
         else:
             with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, tasks))
+                list(pool.map(lambda task: task(), tasks))
     finally:
         torch.set_num_threads(previous)
-    return out  # type: ignore[return-value]
 
 
 def _batch(ws: list[torch.Tensor], method: Method) -> list[torch.Tensor]:
@@ -74,12 +85,15 @@ def _batch(ws: list[torch.Tensor], method: Method) -> list[torch.Tensor]:
     if method == "svd":
         return [_svdvals(w) for w in ws]
     batch = torch.stack(ws) if len(ws) > 1 else ws[0].unsqueeze(0)
-    svs = torch.linalg.eigvalsh(_gram(batch)).clamp_min(0).sqrt().flip(-1)
+    gram = _gram(batch)
+    with phase("eigensolve"):
+        svs = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(-1)
     return [_svdvals(w) if method == "auto" and _unreliable(s) else s for w, s in zip(ws, svs)]
 
 
 def _svdvals(w: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.svdvals(w.to(torch.float64))
+    with phase("svd"):
+        return torch.linalg.svdvals(w.to(torch.float64))
 
 
 def _unreliable(s: torch.Tensor) -> bool:
