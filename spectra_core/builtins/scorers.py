@@ -102,7 +102,7 @@ class SpectrumScorer(SpectralScorer):
             default="auto", description="How singular values are computed; slq: approximate (stochastic "
                                         "Lanczos quadrature) for matrices whose smaller side is ≥ exact_below.")
         probes: int = Field(default=8, ge=1, description="slq: random probe vectors per matrix.")
-        lanczos_steps: int = Field(default=32, ge=2, description="slq: Lanczos steps (quadrature nodes) per probe.")
+        lanczos_steps: int = Field(default=48, ge=2, description="slq: Lanczos steps (quadrature nodes) per probe.")
         exact_below: int = Field(default=1024, ge=0, description="slq: matrices with a smaller side below "
                                                                  "this are scored exactly (cheap there).")
         seed: int = Field(default=0, description="slq: seed of the probe vectors (per matrix, by name).")

@@ -24,13 +24,14 @@ CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 per chunk: fits in L2/L3 for both p
 
 
 def _gram_times(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``WᵀW·V`` in float32, W (n×m, any float dtype) streamed in row chunks upcast in cache."""
+    """``V·WᵀW`` for probes as rows of V (p×m), float32; W (n×m, any float dtype) is streamed in row
+    chunks upcast in cache (rows-of-probes products run several times faster than W·v here)."""
     n, m = w.shape
     rows = max(1, CHUNK_ELEMENTS // m)
     out = torch.zeros_like(v)
     for start in range(0, n, rows):
         block = w[start:start + rows].to(torch.float32)
-        out.addmm_(block.mT, block @ v)
+        out.addmm_(v @ block.T, block)
     return out
 
 
@@ -47,21 +48,21 @@ def spectral_measure(w: torch.Tensor, probes: int, steps: int, seed: int) -> tup
     m = w.shape[1]
     steps = min(steps, m)
     gen = torch.Generator().manual_seed(seed)
-    v = (torch.randint(0, 2, (m, probes), generator=gen, dtype=torch.int8).float() * 2 - 1) / m ** 0.5
-    basis = torch.zeros(steps, m, probes)
+    v = (torch.randint(0, 2, (probes, m), generator=gen, dtype=torch.int8).float() * 2 - 1) / m ** 0.5
+    basis = torch.zeros(steps, probes, m)
     alpha = torch.zeros(steps, probes, dtype=torch.float64)
     beta = torch.zeros(steps, probes, dtype=torch.float64)
     for j in range(steps):
         basis[j] = v
         z = _gram_times(w, v)
-        alpha[j] = (v * z).sum(0).double()
+        alpha[j] = (v * z).sum(1).double()
         for _ in range(2):  # full reorthogonalisation (twice is enough): no ghost eigenvalues
-            z -= torch.einsum("jmp,jp->mp", basis[:j + 1], torch.einsum("jmp,mp->jp", basis[:j + 1], z))
-        norm = z.norm(dim=0)
+            z -= torch.einsum("jpm,jp->pm", basis[:j + 1], torch.einsum("jpm,pm->jp", basis[:j + 1], z))
+        norm = z.norm(dim=1)
         beta[j] = norm.double()
         scale = float(alpha[: j + 1].abs().max()) or 1.0
         live = norm > 1e-6 * scale  # an invariant subspace was found: the rest of T decouples
-        v = torch.where(live, z / norm.clamp_min(1e-30), torch.zeros_like(z))
+        v = torch.where(live[:, None], z / norm.clamp_min(1e-30)[:, None], torch.zeros_like(z))
         beta[j] = torch.where(live, beta[j], torch.zeros_like(beta[j]))
     tri = torch.diag_embed(alpha.T) + torch.diag_embed(beta[:-1].T, 1) + torch.diag_embed(beta[:-1].T, -1)
     theta, vectors = torch.linalg.eigh(tri)  # (probes, steps)
