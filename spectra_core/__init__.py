@@ -4,7 +4,7 @@ Plugin authors need :data:`hookimpl` and the stage bases in :mod:`spectra_core.s
 """
 
 from .hookspecs import hookimpl
-from .plan import AdapterPlan, ModulePlan, PlanChange
+from .plan import AdapterPlan, LoraInit, ModulePlan, PlanChange
 from .scores import ModuleScore, Scores
 from .strategies import (
     Allocator,
@@ -23,7 +23,7 @@ from .strategies import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterPlan", "Allocator", "CalibratedScorer", "Exporter", "GradientMerger", "Method", "ModulePlan", "ModuleScore",
-    "PlanChange", "Quantizer", "Rebalancer", "RescoringRebalancer", "Scorer", "Scores", "StrategyOptions",
+    "AdapterPlan", "Allocator", "CalibratedScorer", "Exporter", "GradientMerger", "LoraInit", "Method", "ModulePlan",
+    "ModuleScore", "PlanChange", "Quantizer", "Rebalancer", "RescoringRebalancer", "Scorer", "Scores", "StrategyOptions",
     "TargetModule", "hookimpl", "__version__",
 ]

@@ -174,6 +174,7 @@ def calibration_session(config: Any, quantizer: Any, model_dir: Any, targets: li
     from transformers import AutoTokenizer
 
     from .data import load_data
+    from .devices import local_device
     from .training.modeling import build_peft_model, load_base
     from .training.session import Session
 
@@ -185,6 +186,6 @@ def calibration_session(config: Any, quantizer: Any, model_dir: Any, targets: li
     train = load_data(config.data, tokenizer, seed=seed).train
     base = load_base(config, quantizer, model_dir, gradient_checkpointing=config.training.gradient_checkpointing)
     plan = plan if plan is not None else probe_plan(targets)
-    model = build_peft_model(base, plan, seed=seed)
+    model = build_peft_model(base, plan, seed=seed).to(local_device())  # a float base loads on the CPU
     return Session(model, plan, batches=lambda n: first_batches(train, batch_size=batch_size, seed=seed,
                                                                  pad_id=tokenizer.pad_token_id, n=n))

@@ -12,10 +12,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .atomic import write_text
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -40,6 +40,38 @@ class ModulePlan(BaseModel):
         """Trainable parameters of this module's own LoRA (A: r×in, B: out×r)."""
         out_f, in_f = self.shape
         return self.rank * (in_f + out_f) if self.active else 0
+
+
+class LoraInit(BaseModel):
+    """How the LoRA weights start, applied by core when the model is built (not on resume: the
+    checkpoint holds every LoRA weight). An allocator option (``lora_init``) copied into the plan.
+
+    * ``default``: peft's default (A random, B = 0).
+    * ``eva``: peft's EVA (``init_lora_weights="eva"`` + ``initialize_lora_eva_weights``): A from the
+      SVD of each module's input activations on the first ``batches`` training batches; ranks are
+      redistributed by explained variance (``eva.rho`` > 1) and the plan records the new ranks.
+    * ``loftq``: peft's LoftQ (``replace_lora_weights_loftq``) on a bitsandbytes 4-bit base: every
+      injected LoRA (frozen ones too) starts as the rank-r SVD of (original − dequantized) weight, read
+      from the original safetensors, so the quantization error is corrected. Needs scaling 1
+      (alpha = rank, or alpha = √rank with rsLoRA), since peft writes the correction unscaled.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["default", "eva", "loftq"] = "default"
+    batches: int = Field(default=8, gt=0, description="eva: training batches whose activations are decomposed.")
+    eva: dict[str, Any] = Field(default_factory=dict, description="eva: peft EvaConfig fields (rho, tau, whiten, "
+                                                                  "use_label_mask, adjust_scaling_factors).")
+
+    @model_validator(mode="after")
+    def _eva_fields(self) -> LoraInit:
+        if self.eva:
+            if self.name != "eva":
+                raise ValueError(f"eva options are given but the init is {self.name!r}")
+            from peft import EvaConfig
+
+            EvaConfig(**self.eva)  # peft's own validation: unknown fields, rho < 1, ...
+        return self
 
 
 class PlanChange(BaseModel):
@@ -70,6 +102,7 @@ class AdapterPlan(BaseModel):
         "inactive ones frozen, so activation can change without rebuilding the model.",
     )
     use_rslora: bool = Field(default=False, description="Scale updates by alpha/sqrt(r) instead of alpha/r.")
+    init: LoraInit = Field(default_factory=LoraInit, description="How the LoRA weights start.")
     modules: dict[str, ModulePlan]
     history: list[PlanChange] = Field(default_factory=list)
 
@@ -145,6 +178,19 @@ class AdapterPlan(BaseModel):
             "alpha_pattern": {_exact(m.name): m.alpha for m in injected if m.alpha != base_alpha},
             "use_rslora": self.use_rslora,
         }
+
+    def check_init(self) -> None:
+        """Raise ConfigError if ``init`` cannot work with this plan (LoftQ needs LoRA scaling 1)."""
+        if self.init.name != "loftq":
+            return
+        off = [m for m in self.injected() if m.alpha != (m.rank ** 0.5 if self.use_rslora else m.rank)]
+        if off:
+            m = off[0]
+            raise ConfigError(f"LoftQ init needs LoRA scaling 1, but {m.name} has rank {m.rank}, alpha {m.alpha:g}"
+                              f"{' (rsLoRA)' if self.use_rslora else ''} ({len(off)} such modules): peft writes "
+                              "the quantization correction unscaled, so the LoRA would add it "
+                              f"{m.alpha / (m.rank ** 0.5 if self.use_rslora else m.rank):g}×",
+                              hint="set allocator.options.alpha equal to the rank (√rank with use_rslora)")
 
     # ----- files -------------------------------------------------------------------------------
     def to_json(self) -> str:

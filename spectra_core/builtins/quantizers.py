@@ -40,10 +40,14 @@ def resolve_compute_dtype(name: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-def _device_map() -> str:
-    import torch
+def device_map() -> str | dict[str, int]:
+    """Where a 4-bit base is loaded: the whole model on this process's GPU (``LOCAL_RANK`` under
+    torchrun/accelerate, else GPU 0), or the CPU. Never ``"auto"``: that splits one model over every
+    visible GPU in each process, so under torchrun all ranks would share (and overfill) the same GPUs."""
+    from spectra_core.devices import local_device
 
-    return "auto" if torch.cuda.is_available() else "cpu"
+    device = local_device()
+    return {"": device.index} if device.type == "cuda" else "cpu"
 
 
 class NoQuantizer(Quantizer):
@@ -88,7 +92,7 @@ class BnbNF4Quantizer(Quantizer):
                                    bnb_4bit_use_double_quant=self.options.double_quant,
                                    bnb_4bit_compute_dtype=compute)
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, quantization_config=quant, dtype=compute, device_map=_device_map(),
+            model_dir, quantization_config=quant, dtype=compute, device_map=device_map(),
             trust_remote_code=trust_remote_code, use_safetensors=True)
         guard_cpu_repack(model)
         # gradient checkpointing is switched on by the trainer (training.gradient_checkpointing),

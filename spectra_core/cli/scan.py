@@ -79,13 +79,15 @@ def scan(
     out: Path | None = typer.Option(None, "--out", help="Output directory (default: scans/<model>)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if a cached result exists."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or table."),
+    device: str = typer.Option("auto", "--device", help="Compute spectra on: auto (GPU if available), cpu, cuda, cuda:N."),
     timings: bool = typer.Option(False, "--timings", help="Print where the time went, per phase, to stderr."),
 ) -> None:
     """Score every weight matrix; write scores.json, snr_results.json, the YAML, selection.json, heatmap.png."""
     check_percent(percent)
     options = _parse_options(option, variant)
     try:
-        result = run_scan(model, scorer, options, types=_split(types), use_cache=not no_cache, progress=not quiet)
+        result = run_scan(model, scorer, options, types=_split(types), use_cache=not no_cache, progress=not quiet,
+                          device=device)
     except ValidationError as exc:
         raise ConfigError(f"invalid options for scorer {scorer!r}: {exc.errors()[0]['msg']} "
                           f"({'.'.join(map(str, exc.errors()[0]['loc']))})",

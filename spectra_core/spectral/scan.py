@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from spectra_core.devices import local_device
 from spectra_core.errors import InputError, SpectraError
 from spectra_core.registry import get_registry
 from spectra_core.scores import Scores
@@ -33,11 +34,28 @@ class ScanResult:
     world_size: int = 1
 
 
-class _Progress:
-    """A WeightSource wrapper that shows a tqdm bar, one tick per tensor."""
+def scan_device(device: str = "auto") -> torch.device:
+    """The device spectra are computed on: ``auto`` is this process's GPU (``LOCAL_RANK``) when CUDA
+    is available, else the CPU; ``cuda`` without a usable GPU is an input error."""
+    if device == "auto":
+        return local_device()
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"scan device {device!r} asked for, but torch sees no CUDA GPU",
+                             hint="use --device cpu (or auto), or install a CUDA build of torch")
+        if device == "cuda":
+            return local_device()
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown scan device {device!r}", hint="use auto, cpu, cuda or cuda:N") from exc
 
-    def __init__(self, source: EntrySource, enabled: bool) -> None:
-        self.source, self.enabled = source, enabled
+
+class _Progress:
+    """A WeightSource wrapper that moves each tensor to ``device`` and shows a tqdm bar, one tick per tensor."""
+
+    def __init__(self, source: EntrySource, enabled: bool, device: torch.device) -> None:
+        self.source, self.enabled, self.device = source, enabled, device
         self.fingerprint = source.fingerprint
 
     def __len__(self) -> int:
@@ -53,7 +71,7 @@ class _Progress:
                   file=sys.stderr, dynamic_ncols=True) as bar:
             for name, w in self.source:
                 bar.set_postfix_str(name[-40:], refresh=False)
-                yield name, w
+                yield name, w.to(self.device)
                 bar.update(1)
 
 
@@ -78,7 +96,7 @@ def _distributed() -> tuple[int, int]:
 
     if not dist.is_initialized():
         if torch.cuda.is_available():  # training reuses this group: give it NCCL for CUDA tensors
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_device())
             dist.init_process_group("cpu:gloo,cuda:nccl")
         else:
             dist.init_process_group("gloo")
@@ -88,13 +106,16 @@ def _distributed() -> tuple[int, int]:
 
 def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, Any] | None = None, *,
              types: Sequence[str] | None = None, names: Sequence[str] | None = None,
-             use_cache: bool = True, progress: bool = False) -> ScanResult:
+             use_cache: bool = True, progress: bool = False, device: str = "auto") -> ScanResult:
     """Score ``model`` (path, ``bundled:…`` or nn.Module) with a scorer (a registered name or an instance).
+
+    ``device`` (see :func:`scan_device`) is where each tensor is moved before it is scored.
 
     Under ``torchrun`` the tensors are split round-robin across processes and every process
     returns the same gathered result (in source order, identical to one process at one thread).
     """
     start = time.perf_counter()
+    where = scan_device(device)
     if isinstance(scorer, Scorer):
         strategy = scorer
     else:
@@ -109,7 +130,7 @@ def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, A
         return ScanResult(hit, cached=True, seconds=time.perf_counter() - start, world_size=world)
     mine = source.subset(source.names()[rank::world]) if world > 1 else source
     try:
-        part: Any = strategy.score(_Progress(mine, progress and rank == 0))
+        part: Any = strategy.score(_Progress(mine, progress and rank == 0, where))
         notes = list(getattr(strategy, "notes", []))
     except SpectraError as exc:
         if world == 1:

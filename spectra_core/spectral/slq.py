@@ -48,10 +48,11 @@ def spectral_measure(w: torch.Tensor, probes: int, steps: int, seed: int) -> tup
     m = w.shape[1]
     steps = min(steps, m)
     gen = torch.Generator().manual_seed(seed)
-    v = (torch.randint(0, 2, (probes, m), generator=gen, dtype=torch.int8).float() * 2 - 1) / m ** 0.5
-    basis = torch.zeros(steps, probes, m)
-    alpha = torch.zeros(steps, probes, dtype=torch.float64)
-    beta = torch.zeros(steps, probes, dtype=torch.float64)
+    signs = torch.randint(0, 2, (probes, m), generator=gen, dtype=torch.int8)  # on the CPU: same on any device
+    v = ((signs.float() * 2 - 1) / m ** 0.5).to(w.device)
+    basis = torch.zeros(steps, probes, m, device=w.device)
+    alpha = torch.zeros(steps, probes, dtype=torch.float64, device=w.device)
+    beta = torch.zeros(steps, probes, dtype=torch.float64, device=w.device)
     for j in range(steps):
         basis[j] = v
         z = _gram_times(w, v)
@@ -66,8 +67,8 @@ def spectral_measure(w: torch.Tensor, probes: int, steps: int, seed: int) -> tup
         beta[j] = torch.where(live, beta[j], torch.zeros_like(beta[j]))
     tri = torch.diag_embed(alpha.T) + torch.diag_embed(beta[:-1].T, 1) + torch.diag_embed(beta[:-1].T, -1)
     theta, vectors = torch.linalg.eigh(tri)  # (probes, steps)
-    nodes = theta.clamp_min(0).sqrt().reshape(-1)
-    weights = (vectors[:, 0, :] ** 2).reshape(-1) / probes
+    nodes = theta.clamp_min(0).sqrt().reshape(-1).cpu()
+    weights = (vectors[:, 0, :] ** 2).reshape(-1).cpu() / probes
     order = torch.argsort(nodes)
     return nodes[order], weights[order]
 

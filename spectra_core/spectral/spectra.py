@@ -33,7 +33,7 @@ def _gram(w: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     if n < m:  # wide: W·Wᵀ, chunk over columns
         w = w.mT
         n, m = m, n
-    g = torch.zeros(*w.shape[:-2], m, m, dtype=torch.float64)
+    g = torch.zeros(*w.shape[:-2], m, m, dtype=torch.float64, device=w.device)
     batch = w[..., :1, :1].numel()
     rows = max(1, CHUNK_ELEMENTS // (m * batch))
     for start in range(0, n, rows):
@@ -46,22 +46,24 @@ def _gram(w: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 def singular_values(ws: Sequence[torch.Tensor], method: Method = "auto",
                     workers: int | None = None) -> list[torch.Tensor]:
-    """Descending float64 singular values of each 2-D tensor.
+    """Descending float64 singular values of each 2-D tensor, as CPU tensors.
 
-    Same-shape tensors are stacked into batches; batches run on ``workers`` Python threads (default:
-    torch's thread count), each with one intra-op thread. On a busy 2-core machine this is several
-    times faster than one multi-threaded LAPACK call, and each result depends only on its own
-    matrix (not on the batching or the number of workers).
+    The work runs where the tensors are (a GPU scan passes CUDA tensors). Same-shape tensors are
+    stacked into batches; on the CPU batches run on ``workers`` Python threads (default: torch's
+    thread count), each with one intra-op thread. On a busy 2-core machine this is several times
+    faster than one multi-threaded LAPACK call, and each result depends only on its own matrix (not
+    on the batching or the number of workers). GPU batches run one after another on one thread.
     """
+    on_gpu = any(w.device.type != "cpu" for w in ws)
+    workers = 1 if on_gpu else workers or torch.get_num_threads()
     groups: dict[tuple[int, int], list[int]] = {}
     for i, w in enumerate(ws):
         groups.setdefault(tuple(w.shape), []).append(i)
-    workers = workers or torch.get_num_threads()
     out: list[torch.Tensor | None] = [None] * len(ws)
 
     def run(idx: list[int]) -> None:
         for i, s in zip(idx, _batch([ws[i] for i in idx], method)):
-            out[i] = s
+            out[i] = s.cpu()
 
     on_workers([lambda idx=idx[k::workers]: run(idx) for idx in groups.values()
                 for k in range(min(workers, len(idx)))], workers)

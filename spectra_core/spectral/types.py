@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def module_type(name: str) -> str:
     """The dotted suffix after the first all-digit component; a name without one is its own type.
@@ -19,3 +21,8 @@ def module_type(name: str) -> str:
 def layer_index(name: str) -> int | None:
     """The first all-digit component of a module name (its layer), or None."""
     return next((int(p) for p in name.split(".") if p.isdigit()), None)
+
+
+def layer_count(names: Iterable[str]) -> int:
+    """Number of layers: one more than the highest layer index among ``names`` (0 when none has one)."""
+    return 1 + max((i for n in names if (i := layer_index(n)) is not None), default=-1)

@@ -149,7 +149,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     for key, value in opt_tensors.items():
         name, _, field = key.rpartition("/")
         if name in by_name:
-            optimizer.state[by_name[name]][field] = value
+            param = by_name[name]  # moments live with their parameter (the GPU); torch keeps "step" on the CPU
+            optimizer.state[param][field] = value if field == "step" else value.to(param.device)
     for name, values in meta["optimizer_scalars"].items():
         if name in by_name:
             optimizer.state[by_name[name]].update(values)

@@ -43,11 +43,20 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         offset += k
 
 
-def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+def collective_device() -> torch.device:
+    """Where tensors for a collective must live: the current GPU when the process group is NCCL-only
+    (accelerate's default on CUDA, which has no CPU backend), else the CPU."""
+    backend = str(dist.get_backend()) if world() > 1 else ""
+    if torch.cuda.is_available() and "nccl" in backend and "gloo" not in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a few floats over processes."""
     if world() == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return t.tolist()
 

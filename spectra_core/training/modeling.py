@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +11,8 @@ import torch
 from ..errors import InputError
 from ..plan import AdapterPlan
 from ..spectral.sources import dense_weight, with_lora_delta
+from . import lora_init
+from .lora_init import Batches
 
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."
@@ -56,14 +59,23 @@ def check_plan(plan: AdapterPlan, model: torch.nn.Module) -> None:
                              hint="lower the rank (allocator options) for this module type")
 
 
-def build_peft_model(base: Any, plan: AdapterPlan, *, seed: int = 0) -> Any:
+def build_peft_model(base: Any, plan: AdapterPlan, *, seed: int = 0, batches: Batches | None = None,
+                     model_dir: Path | None = None, initialize: bool = True) -> Any:
     """``get_peft_model`` with ``LoraConfig(**plan.lora_kwargs(), task_type="CAUSAL_LM", lora_dropout=0)``;
-    LoRA initialised from ``seed``; requires_grad follows the plan (inactive LoRA frozen)."""
+    LoRA initialised from ``seed``, then by the plan's ``init`` (EVA from ``batches``, LoftQ from the
+    safetensors in ``model_dir``) unless ``initialize`` is False (resume: the checkpoint holds every
+    LoRA weight); requires_grad follows the plan (inactive LoRA frozen)."""
     from peft import LoraConfig, get_peft_model
 
     check_plan(plan, base)
+    plan.check_init()
     torch.manual_seed(seed)
-    model = get_peft_model(base, LoraConfig(**plan.lora_kwargs(), task_type="CAUSAL_LM", lora_dropout=0))
+    extra = lora_init.lora_config_kwargs(plan) if initialize else {}
+    model = get_peft_model(base, LoraConfig(**plan.lora_kwargs(), **extra, task_type="CAUSAL_LM", lora_dropout=0),
+                           low_cpu_mem_usage="eva_config" in extra)  # EVA fills the weights (peft's advice)
+    if initialize:
+        lora_init.initialize(model, plan, lambda: lora_modules(model), adapter=ADAPTER, batches=batches,
+                             model_dir=model_dir)
     drop_input_grad_hook(model.get_base_model())
     sync_requires_grad(model, plan)
     return model

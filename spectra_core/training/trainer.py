@@ -134,7 +134,11 @@ class Trainer:
         """This process's share of global micro-batch ``m`` (a pure function of ``m`` and the seed)."""
         idx = micro_batch_indices(m, batch_size=self.tcfg.batch_size, n=len(self.data.train), seed=self.tcfg.seed,
                                   world=self.world, rank=self.rank)
-        return collate([self.data.train[i] for i in idx], self.pad_id)
+        return self._on_device(collate([self.data.train[i] for i in idx], self.pad_id))
+
+    def _on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch on the model's device (collate builds it on the CPU)."""
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _calibration(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
         return (self._micro_batch(m) for m in range(n))
@@ -150,7 +154,7 @@ class Trainer:
             batches = batches[:self.tcfg.eval_batches]
         total = count = 0.0
         for batch in batches[self.rank::self.world]:
-            loss, n = causal_lm_loss(model, collate(batch, self.pad_id))
+            loss, n = causal_lm_loss(model, self._on_device(collate(batch, self.pad_id)))
             total, count = total + float(loss), count + n
         model.train()
         total, count = all_reduce_sum([total, count])
@@ -177,6 +181,7 @@ class Trainer:
             self.pipeline.rebalancer.check_plan(self.plan)  # before anything is written or replaced
         acc = make_accelerator()
         self.rank, self.world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.device = acc.device
         start_ckpt = self._prepare_dir(resume, overwrite, is_main)
         barrier()
         torch.manual_seed(self.tcfg.seed)
@@ -190,7 +195,8 @@ class Trainer:
 
         quantizer = self.pipeline.quantizer
         base = load_base(self.config, quantizer, model_dir, gradient_checkpointing=self.tcfg.gradient_checkpointing)
-        model = build_peft_model(base, self.plan, seed=self.tcfg.seed)
+        model = build_peft_model(base, self.plan, seed=self.tcfg.seed, batches=self._calibration, model_dir=model_dir,
+                                 initialize=start_ckpt is None)
         model.to(acc.device)
         model.train()
         optimizer = make_optimizer(model, self.plan, self.tcfg.learning_rate, self.tcfg.weight_decay)

@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from spectra_core import AdapterPlan, Allocator, ModulePlan, Scores, StrategyOptions, TargetModule
+from spectra_core import AdapterPlan, Allocator, LoraInit, ModulePlan, Scores, StrategyOptions, TargetModule
 from spectra_core.errors import ConfigError, InputError
+from spectra_core.spectral.types import layer_count, layer_index
 
 from .selection import top_per_type
 
@@ -26,6 +27,11 @@ class SpectrumTopAllocator(Allocator):
             "target, frozen where inactive, so a rebalancer can switch modules on and off.")
         use_rslora: bool = False
         lr_scale: float = Field(default=1.0, gt=0)
+        lora_init: LoraInit = Field(default_factory=LoraInit, description="How the LoRA weights start: "
+                                    "default, eva (peft EVA from training data), loftq (peft LoftQ, 4-bit base).")
+        backward_layers: int | None = Field(
+            default=None, gt=0, description="Depth budget: choose only among the last N layers, so backward stops "
+            "there (cheaper steps); each type still trains floor(n × top_fraction) modules.")
 
     def allocate(self, scores: Scores, targets: list[TargetModule]) -> AdapterPlan:
         by_name = scores.by_name()
@@ -40,7 +46,7 @@ class SpectrumTopAllocator(Allocator):
                     f"allocator.options.rank={opts.rank} exceeds the smaller dimension of {t.name} "
                     f"({t.out_features}×{t.in_features})",
                     hint=f"use rank ≤ {min(t.in_features, t.out_features)} or exclude that module in targets")
-        chosen = top_per_type([by_name[t.name] for t in targets], opts.top_fraction)
+        chosen = top_per_type([by_name[t.name] for t in targets], opts.top_fraction, self._eligible(targets))
         modules = {
             t.name: ModulePlan(name=t.name, type=t.type, shape=(t.out_features, t.in_features),
                                active=t.name in chosen, rank=opts.rank, alpha=opts.alpha,
@@ -51,4 +57,18 @@ class SpectrumTopAllocator(Allocator):
             for m in modules.values():
                 if not m.active:
                     m.rank = 0
-        return AdapterPlan(allocator=self.name, mode=opts.mode, use_rslora=opts.use_rslora, modules=modules)
+        plan = AdapterPlan(allocator=self.name, mode=opts.mode, use_rslora=opts.use_rslora,
+                           modules=modules, init=opts.lora_init)
+        plan.check_init()
+        return plan
+
+    def _eligible(self, targets: list[TargetModule]) -> set[str] | None:
+        """Targets in the last ``backward_layers`` layers (None: no depth budget)."""
+        n = self.options.backward_layers
+        if n is None:
+            return None
+        depth = layer_count(t.name for t in targets)
+        if n > depth:
+            raise ConfigError(f"allocator.options.backward_layers={n} exceeds the model's {depth} layers",
+                              hint=f"use backward_layers ≤ {depth}, or leave it unset for no depth budget")
+        return {t.name for t in targets if (i := layer_index(t.name)) is not None and i >= depth - n}
