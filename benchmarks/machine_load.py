@@ -30,9 +30,14 @@ def _stat(pid: str) -> tuple[str, int] | None:
     return fields[0], int(fields[1])
 
 
-def other_running(root: int) -> int:
+def process_table() -> dict[int, tuple[str, int]]:
+    """{pid: (state, parent pid)} of every process now."""
+    return {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(p)) is not None}
+
+
+def other_running(root: int, table: dict[int, tuple[str, int]] | None = None) -> int:
     """Runnable processes outside the process tree of ``root`` (this benchmark)."""
-    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(p)) is not None}
+    stats = process_table() if table is None else table
 
     def ours(pid: int) -> bool:
         while pid > 1:

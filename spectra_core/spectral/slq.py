@@ -90,13 +90,11 @@ def partial_sums(nodes: torch.Tensor, weights: torch.Tensor, threshold: float) -
     midpoints (the outer half-weights stay on the first and last atom)."""
     cdf = _cdf(weights).numpy()
     x = nodes.numpy()
+    ends = (weights[0].item() / 2 * x[0], weights[-1].item() / 2 * x[-1])
     mass = np.diff(cdf) * (x[1:] + x[:-1]) / 2  # each segment: uniform density between two atoms
-    below = weights[0].item() / 2 * x[0] * (x[0] <= threshold) + weights[-1].item() / 2 * x[-1] * (x[-1] <= threshold)
-    inside = x[1:] <= threshold
-    below += float(mass[inside].sum())
-    cut = np.flatnonzero((x[:-1] < threshold) & (x[1:] > threshold))
-    for j in cut:  # the segment the threshold falls in: the part of it below
+    below = ends[0] * (x[0] <= threshold) + ends[1] * (x[-1] <= threshold) + float(mass[x[1:] <= threshold].sum())
+    for j in np.flatnonzero((x[:-1] < threshold) & (x[1:] > threshold)):  # the part below of the cut segment
         density = (cdf[j + 1] - cdf[j]) / (x[j + 1] - x[j])
         below += density * (threshold ** 2 - x[j] ** 2) / 2
-    total = float(weights.numpy() @ x)
+    total = sum(ends) + float(mass.sum())
     return total - below, below
