@@ -38,8 +38,8 @@ def _compare(layers: int | None) -> tuple[list[float], float]:
 
 
 def test_slq_scores_track_exact_scores_on_real_weights():
-    """Measured at the defaults (8 probes × 48 steps) on layers 0–7: median error ~6 %; a broken
-    quadrature (e.g. unsmoothed atoms, wrong weights) gives 15–100 %."""
+    """Measured at the defaults (16 probes × 64 steps) on layers 0–7: median relative error 7.0 %,
+    max 36 %, 71 % of the top-25 % picks shared; unsmoothed atoms gave ~13–20 % median."""
     errors, overlap = _compare(LAYERS)
     assert statistics.median(errors) < 0.10 and max(errors) < 0.5, errors
     assert overlap >= 0.6, overlap

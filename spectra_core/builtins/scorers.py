@@ -15,7 +15,7 @@ from spectra_core.scores import ModuleScore, Scores
 from spectra_core.spectral.phases import phase
 from spectra_core.spectral.slq import probe_seed, spectral_measure
 from spectra_core.spectral.snr import batches, mp_snr, spectrum_snr, spectrum_snr_estimate
-from spectra_core.spectral.spectra import Method, on_workers, singular_values
+from spectra_core.spectral.spectra import Method, on_workers, one_thread, singular_values
 from spectra_core.spectral.types import module_type
 from spectra_core.strategies import Scorer, StrategyOptions, WeightSource
 
@@ -51,7 +51,7 @@ class SpectralScorer(Scorer):
         self.notes = []
         modules: list[ModuleScore] = []
         for batch in batches(weights):
-            with phase("check"):
+            with phase("check"), one_thread():
                 results: list[float | None] = [self.check(name, w) for name, w in batch]
             todo = [i for i, r in enumerate(results) if r is None]
             approx = [i for i in todo if self.approximates(batch[i][1])]
@@ -101,8 +101,8 @@ class SpectrumScorer(SpectralScorer):
         method: Literal["auto", "gram", "svd", "slq"] = Field(
             default="auto", description="How singular values are computed; slq: approximate (stochastic "
                                         "Lanczos quadrature) for matrices whose smaller side is ≥ exact_below.")
-        probes: int = Field(default=8, ge=1, description="slq: random probe vectors per matrix.")
-        lanczos_steps: int = Field(default=48, ge=2, description="slq: Lanczos steps (quadrature nodes) per probe.")
+        probes: int = Field(default=16, ge=1, description="slq: random probe vectors per matrix.")
+        lanczos_steps: int = Field(default=64, ge=2, description="slq: Lanczos steps (quadrature nodes) per probe.")
         exact_below: int = Field(default=1024, ge=0, description="slq: matrices with a smaller side below "
                                                                  "this are scored exactly (cheap there).")
         seed: int = Field(default=0, description="slq: seed of the probe vectors (per matrix, by name).")

@@ -13,8 +13,9 @@ matrices. ``method="svd"`` always uses ``svdvals``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -70,21 +71,29 @@ def singular_values(ws: Sequence[torch.Tensor], method: Method = "auto",
     return out  # type: ignore[return-value]
 
 
-def on_workers(tasks: Sequence[Callable[[], None]], workers: int | None = None) -> None:
-    """Run ``tasks`` on ``workers`` Python threads (default: torch's thread count), each with one
-    intra-op thread; torch's thread count is restored afterwards."""
-    workers = workers or torch.get_num_threads()
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread inside the block (elementwise passes with two threads were ~9×
+    slower on a loaded 2-core machine); torch's thread count is restored afterwards."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def on_workers(tasks: Sequence[Callable[[], None]], workers: int | None = None) -> None:
+    """Run ``tasks`` on ``workers`` Python threads (default: torch's thread count), each with one
+    intra-op thread."""
+    workers = workers or torch.get_num_threads()
+    with one_thread():
         if workers == 1 or len(tasks) <= 1:
             for task in tasks:
                 task()
         else:
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(lambda task: task(), tasks))
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _batch(ws: list[torch.Tensor], method: Method) -> list[torch.Tensor]:
