@@ -365,8 +365,7 @@ def main() -> None:
     report["load"] = {**monitor.report(), "label": monitor.label()}
     from spectra_core.atomic import write_text
 
-    summary = {k: v for k, v in report.items()}
-    write_text(args.results, json.dumps(summary, indent=2) + "\n")
+    write_text(args.results, json.dumps(report, indent=2) + "\n")
     table = docs_table(report)
     print("\n" + table + "\n\n" + monitor.label(), flush=True)
     if args.no_docs:
