@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import statistics
 import sys
@@ -345,10 +344,7 @@ def main() -> None:
     parser.add_argument("--arm", choices=sorted(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
-    if args.arm:
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.arm:  # torch takes its thread count from OMP_NUM_THREADS (set by run_subprocess)
         args.result.write_text(json.dumps(ARMS[args.arm](rest)))
         return
     if args.full and args.skip_8b_layer:

@@ -15,7 +15,6 @@ from spectra_core.spectral.slq import measure_quantile, partial_sums, spectral_m
 from spectra_core.spectral.sources import open_weights
 from tests.scan_fixtures import smollm2_gguf_path
 
-pytest_plugins = ["scan_fixtures"]
 LAYERS = 8  # 8 layers × 7 linear types: top-25 % keeps 2 per type (14 picks)
 
 
