@@ -1,8 +1,12 @@
 """SpectraQLoRA core: stage interfaces, plugin registry, config, pipeline, training loop and CLI.
 
-Plugin authors need :data:`hookimpl` and the stage bases in :mod:`spectra_core.strategies`.
+The public API for plugin authors is what this module exports: :data:`hookimpl`, the stage bases,
+the data they exchange (plans, scores, sessions, handles) and the changes gradient mergers and
+rebalancers propose (:mod:`spectra_core.changes`). Nothing else is promised to stay stable.
 """
 
+from .adapters import AdapterHandle
+from .changes import Change, ModuleChange, Tie, Untie, activate, annotate, deactivate, resize
 from .hookspecs import hookimpl
 from .plan import AdapterPlan, LoraInit, ModulePlan, PlanChange
 from .scores import ModuleScore, Scores
@@ -11,19 +15,26 @@ from .strategies import (
     CalibratedScorer,
     Exporter,
     GradientMerger,
+    GroupGradients,
     Method,
     Quantizer,
     Rebalancer,
     RescoringRebalancer,
+    RunArtifacts,
     Scorer,
     StrategyOptions,
+    StrategySection,
     TargetModule,
+    TrainingSession,
+    WeightSource,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterPlan", "Allocator", "CalibratedScorer", "Exporter", "GradientMerger", "LoraInit", "Method", "ModulePlan",
-    "ModuleScore", "PlanChange", "Quantizer", "Rebalancer", "RescoringRebalancer", "Scorer", "Scores", "StrategyOptions",
-    "TargetModule", "hookimpl", "__version__",
+    "AdapterHandle", "AdapterPlan", "Allocator", "CalibratedScorer", "Change", "Exporter", "GradientMerger",
+    "GroupGradients", "LoraInit", "Method", "ModuleChange", "ModulePlan", "ModuleScore", "PlanChange", "Quantizer", "Rebalancer",
+    "RescoringRebalancer", "RunArtifacts", "Scorer", "Scores", "StrategyOptions", "StrategySection", "TargetModule",
+    "Tie", "TrainingSession", "Untie", "WeightSource", "activate", "annotate", "deactivate", "hookimpl", "resize",
+    "__version__",
 ]

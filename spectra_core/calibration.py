@@ -14,14 +14,15 @@ Cost per module and batch: one ``tokens × in × p`` matmul in the forward hook,
 in the backward hook; memory ``out × p`` float32 per module plus the ``tokens × p`` projected input
 held from a forward until its backward.
 
-:func:`calibration_session` builds what a data-aware scorer needs before any plan exists: the base
-from the configured quantizer, a rank-1 LoRA on every target with ``B = 0`` (so the model computes
-the base function, yet every target's output carries a gradient) and the trainer's first batches.
+:func:`spectra_core.training.session.calibration_session` builds what a data-aware scorer needs before
+any plan exists: the base from the configured quantizer, a rank-1 LoRA on every target with ``B = 0``
+(:func:`probe_plan`: the model computes the base function, yet every target's output carries a
+gradient) and the trainer's first batches (:func:`first_batches`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ import torch.distributed as dist
 
 from .errors import InputError
 from .plan import AdapterPlan, ModulePlan
-from .strategies import TargetModule, TrainingSession
+from .strategies import TargetModule
 from .training.distributed import world
 from .training.loss import causal_lm_loss
 
@@ -84,19 +85,20 @@ class GradientSketch:
 
 
 # ----- collecting signals ----------------------------------------------------------------------------
-def collect_gradient_signals(session: TrainingSession, names: list[str], *, batches: int, dim: int,
-                             seed: int) -> dict[str, torch.Tensor]:
-    """Sketched dense-weight gradients (out × dim, float32) of ``names``, each batch's loss averaged
-    per label token, summed over ``batches`` calibration batches per process and over processes;
-    LoRA gradients are cleared afterwards.
+def collect_gradient_signals(model: torch.nn.Module, layers: dict[str, torch.nn.Module],
+                             batches_of: Callable[[int], Iterable[dict[str, torch.Tensor]]], names: list[str], *,
+                             batches: int, dim: int, seed: int) -> dict[str, torch.Tensor]:
+    """Sketched dense-weight gradients (out × dim, float32) of ``names`` (``layers``: their LoRA layers
+    in ``model``), each batch's loss averaged per label token, summed over ``batches`` batches from
+    ``batches_of`` per process and over processes; LoRA gradients are cleared afterwards.
+    Strategies call it as ``session.gradient_signals(names, batches=, dim=, seed=)``.
 
     Raises InputError naming the modules whose gradient is all zero or not finite.
     """
     if batches < 1:
         raise InputError(f"calibration needs at least one batch, got {batches}",
                          hint="set the strategy's calibration_batches option ≥ 1")
-    model = session.model
-    lora = session.lora_modules()
+    lora = layers
     missing = [n for n in names if n not in lora]
     if missing:
         raise InputError(f"{len(missing)} modules carry no LoRA layer in the model (e.g. {missing[0]})",
@@ -106,7 +108,7 @@ def collect_gradient_signals(session: TrainingSession, names: list[str], *, batc
     model.train()
     seen = 0
     with GradientSketch({n: lora[n] for n in names}, dim, seed) as sketch:
-        for batch in session.calibration_batches(batches):
+        for batch in batches_of(batches):
             loss, count = causal_lm_loss(model, {k: v.to(device) for k, v in batch.items()})
             if count:
                 (loss / count).backward()
@@ -164,28 +166,3 @@ def probe_plan(targets: list[TargetModule]) -> AdapterPlan:
     modules = {t.name: ModulePlan(name=t.name, type=t.type, shape=(t.out_features, t.in_features), active=True,
                                   rank=CALIBRATION_RANK, alpha=float(CALIBRATION_RANK)) for t in targets}
     return AdapterPlan(allocator="calibration", modules=modules)
-
-
-def calibration_session(config: Any, quantizer: Any, model_dir: Any, targets: list[TargetModule],
-                        plan: AdapterPlan | None = None) -> TrainingSession:
-    """A session over the configured base (via ``quantizer``) with the LoRA of ``plan`` (default: a probe
-    LoRA on every target) and the training split of ``config.data``, batched and ordered as the trainer
-    would (``training.seed``)."""
-    from transformers import AutoTokenizer
-
-    from .data import load_data
-    from .devices import local_device
-    from .training.modeling import build_peft_model, load_base
-    from .training.session import Session
-
-    if config.data is None:
-        raise InputError("a data-aware scorer needs training data, but the config has no data section",
-                         hint="add data: {path: FILE} to the config, or use a weight-only scorer (spectrum, mp)")
-    seed, batch_size = config.training.seed, config.training.batch_size
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=config.model.trust_remote_code)
-    train = load_data(config.data, tokenizer, seed=seed).train
-    base = load_base(config, quantizer, model_dir, gradient_checkpointing=config.training.gradient_checkpointing)
-    plan = plan if plan is not None else probe_plan(targets)
-    model = build_peft_model(base, plan, seed=seed).to(local_device())  # a float base loads on the CPU
-    return Session(model, plan, batches=lambda n: first_batches(train, batch_size=batch_size, seed=seed,
-                                                                 pad_id=tokenizer.pad_token_id, n=n))

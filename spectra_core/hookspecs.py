@@ -18,9 +18,12 @@ Names are unique per stage across all plugins; a duplicate is an error naming bo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pluggy
 
-from .strategies import Allocator, Exporter, GradientMerger, Method, Quantizer, Rebalancer, Scorer
+if TYPE_CHECKING:
+    from .strategies import Allocator, Exporter, GradientMerger, Method, Quantizer, Rebalancer, Scorer
 
 PROJECT = "spectra"
 

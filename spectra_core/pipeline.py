@@ -8,25 +8,63 @@ stages one by one (``scan`` → ``plan`` → ``train`` → ``export``) or all at
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from .config import load_config
+from .config import config_model, load_config
 from .errors import ConfigError
 from .plan import AdapterPlan
 from .registry import Registry, get_registry
 from .scores import Scores
-from .strategies import Allocator, CalibratedScorer, Exporter, GradientMerger, Quantizer, Rebalancer, Scorer, Stage, Strategy, TargetModule
+from .strategies import (
+    STAGE_BASES,
+    Allocator,
+    CalibratedScorer,
+    Exporter,
+    GradientMerger,
+    Quantizer,
+    Rebalancer,
+    RescoringRebalancer,
+    Scorer,
+    Stage,
+    Strategy,
+    TargetModule,
+    checked_scores,
+)
+
+log = logging.getLogger(__name__)
+STAGE_KEY = {"exporter": "exporters"}
+
+
+def _section(strategy: Strategy | None) -> dict[str, Any] | None:
+    """``{name, options}`` of a strategy instance, as a config section."""
+    if strategy is None:
+        return None
+    return {"name": strategy.name, "options": strategy.options.model_dump(mode="json")}
+
+
+STAGE_ARGS = ("quantizer", "scorer", "allocator", "gradient_merger", "rebalancer", "exporters")
+DEFAULT_RESCORER = "spectrum"
 
 
 class Pipeline:
-    """One run: a validated config plus one strategy instance per stage."""
+    """One run: a validated config plus one strategy instance per stage.
+
+    ``config`` is the config as run: a stage replaced by name or instance appears there with the
+    strategy's name and options, so ``config.yaml`` and the model card record what actually ran.
+    """
 
     def __init__(self, config: BaseModel, *, registry: Registry | None = None, **strategies: Any) -> None:
-        """``strategies`` may replace any stage by name or instance: ``scorer="mp"`` or ``scorer=MyScorer()``."""
-        self.config = config
+        """``strategies`` may replace any stage by name or instance: ``scorer="mp"`` or ``scorer=MyScorer()``;
+        ``exporters`` takes a list of names or instances. A name keeps the config section's options when
+        it names the same strategy (another strategy starts from its defaults)."""
+        unknown = sorted(set(strategies) - set(STAGE_ARGS))
+        if unknown:
+            raise ConfigError(f"Pipeline got unknown keyword argument(s): {', '.join(unknown)}",
+                              hint=f"stages that can be replaced: {', '.join(STAGE_ARGS)}")
         self.registry = registry or get_registry()
         self.quantizer: Quantizer = self._build("quantizer", strategies.get("quantizer"), config.quantizer)
         self.scorer: Scorer = self._build("scorer", strategies.get("scorer"), config.scorer)
@@ -38,25 +76,87 @@ class Pipeline:
         self.exporters: list[Exporter] = (
             [self._build("exporter", e, None) for e in given] if given is not None
             else [self._build("exporter", None, section) for section in config.exporters])
+        self.rescoring: str | None = self._inject_rescorer()
+        self.config = self._as_run(config)
         self._model_dir: Path | None = None
         self._scores: Scores | None = None  # the last scan, handed to train() when no scores are given
 
     @classmethod
-    def from_yaml(cls, path: str | Path, *, overrides: list[str] = (), **strategies: Any) -> Pipeline:
-        return cls(load_config(Path(path), overrides=list(overrides)), **strategies)
+    def from_yaml(cls, path: str | Path, *, overrides: list[str] = (), registry: Registry | None = None,
+                  **strategies: Any) -> Pipeline:
+        return cls(load_config(Path(path), overrides=list(overrides), registry=registry), registry=registry,
+                   **strategies)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, overrides: list[str] = (), **strategies: Any) -> Pipeline:
-        return cls(load_config(data=data, overrides=list(overrides)), **strategies)
+    def from_dict(cls, data: dict[str, Any], *, overrides: list[str] = (), registry: Registry | None = None,
+                  **strategies: Any) -> Pipeline:
+        return cls(load_config(data=data, overrides=list(overrides), registry=registry), registry=registry,
+                   **strategies)
 
     def _build(self, stage: Stage, given: Any, section: Any) -> Any:
         if isinstance(given, Strategy):
             return given
         if isinstance(given, str):
-            return self.registry.create(stage, given)
+            same = section is not None and section.name == given
+            return self.registry.create(stage, given, section.options.model_dump() if same else None)
+        if given is not None:
+            raise ConfigError(f"Pipeline({STAGE_KEY.get(stage, stage)}=...) got {given!r}",
+                              hint=f"pass a registered {stage} name or an instance of a "
+                                   f"spectra_core.strategies.{STAGE_BASES[stage].__name__} subclass")
         if section is None:
             return None
         return self.registry.create(stage, section.name, section.options)
+
+    def _inject_rescorer(self) -> str | None:
+        """Give a re-scoring rebalancer its scorer; return the sentence ``spectra plan`` prints about it."""
+        rebalancer = self.rebalancer
+        if not isinstance(rebalancer, RescoringRebalancer):
+            return None
+        chosen = rebalancer.options.scorer
+        if chosen is not None:
+            scorer, why = self._create_rescorer(chosen.name, chosen.options), "rebalancer.options.scorer"
+        elif not isinstance(self.scorer, CalibratedScorer):
+            scorer, why = self.scorer, "the run's scorer"
+        else:
+            scorer = self._create_rescorer(DEFAULT_RESCORER, {})
+            why = f"the default: the run's scorer {self.scorer.name!r} needs training data, not only weights"
+        rebalancer.use_scorer(scorer)
+        return f"rebalancer {rebalancer.name} re-scores the effective weights with scorer {scorer.name} ({why})"
+
+    def _create_rescorer(self, name: str, options: dict[str, Any]) -> Scorer:
+        try:
+            return self.registry.create("scorer", name, options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ConfigError(f"rebalancer {self.rebalancer.name!r}: invalid options for its scorer {name!r}: "
+                              f"{first['msg']} ({'.'.join(map(str, first['loc']))})",
+                              hint="`spectra config schema` lists every scorer's options") from None
+
+    def _as_run(self, config: BaseModel) -> BaseModel:
+        """``config`` with every stage section naming the strategy instance that runs and its options
+        (a re-scoring rebalancer's scorer included). Strategies not installed in the registry cannot be
+        recorded in a loadable config: the given config is kept and a warning says so."""
+        data = config.model_dump(mode="json")
+        for key, strategy in (("quantizer", self.quantizer), ("scorer", self.scorer), ("allocator", self.allocator),
+                              ("gradient_merger", self.gradient_merger), ("rebalancer", self.rebalancer)):
+            data[key] = _section(strategy)
+        data["exporters"] = [_section(e) for e in self.exporters]
+        rebalancer = data["rebalancer"]
+        if rebalancer is not None and isinstance(self.rebalancer, RescoringRebalancer):
+            rebalancer["options"]["scorer"] = _section(self.rebalancer.scorer)
+        missing = [f"{s.stage} {s.name!r} ({type(s).__qualname__})" for s in self._strategies()
+                   if self.registry.strategies[s.stage].get(s.name) is not type(s)]
+        if missing:
+            log.warning("not installed through a plugin, so config.yaml cannot name it for `spectra export` or "
+                        "--resume: %s", ", ".join(missing))
+            return config
+        return config_model(self.registry).model_validate(data)
+
+    def _strategies(self) -> list[Strategy]:
+        found = [self.quantizer, self.scorer, self.allocator, self.gradient_merger, self.rebalancer, *self.exporters]
+        if isinstance(self.rebalancer, RescoringRebalancer):
+            found.append(self.rebalancer.scorer)
+        return [s for s in found if s is not None]
 
     # ----- stages -------------------------------------------------------------------------------------
     @property
@@ -86,10 +186,10 @@ class Pipeline:
 
         targets = self.targets()
         if isinstance(self.scorer, CalibratedScorer):
-            from .calibration import calibration_session
+            from .training.session import calibration_session
 
-            self._scores = self.scorer.score_session(
-                calibration_session(self.config, self.quantizer, self.model_dir(), targets))
+            self._scores = checked_scores(self.scorer.score_session(
+                calibration_session(self.config, self.quantizer, self.model_dir(), targets)), self.scorer)
         else:
             names = [t.name for t in targets]
             self._scores = run_scan(self.model_dir(), self.scorer, names=names, progress=progress).scores
@@ -107,13 +207,15 @@ class Pipeline:
 
     def calibrate(self, plan: AdapterPlan) -> AdapterPlan:
         """``plan`` after the gradient merger's calibration (groups assigned); loads the model and data."""
-        from .calibration import calibration_session
+        from .training.session import calibration_session
 
         if self.gradient_merger is None:
             raise ConfigError("calibrating a plan (spectra plan --calibrate) needs a gradient_merger in the config",
                               hint="e.g. method: sgm, or gradient_merger: {name: cosine-groups}")
+        plan = plan.model_copy(deep=True)
         session = calibration_session(self.config, self.quantizer, self.model_dir(), self.targets(), plan=plan)
-        return self.gradient_merger.calibrate(session)
+        session.apply(self.gradient_merger.calibrate(session), strategy=self.gradient_merger.name)
+        return session.plan
 
     def train(self, plan: AdapterPlan | None = None, *, scores: Scores | None = None,
               resume: bool = False, overwrite: bool = False):

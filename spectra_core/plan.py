@@ -8,7 +8,6 @@ a gradient merger or rebalancer made, with the reason.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +26,11 @@ class ModulePlan(BaseModel):
 
     name: str
     type: str
-    shape: tuple[int, int] = Field(description="(out_features, in_features) of the base weight.")
+    kind: Literal["module", "parameter"] = Field(
+        default="module", description="module: a linear layer (peft target_modules); parameter: a bare weight "
+        "tensor such as 3-D MoE experts (peft target_parameters).")
+    shape: tuple[int, int] | tuple[int, int, int] = Field(
+        description="(out_features, in_features) of the base weight; a parameter target's own shape.")
     active: bool = Field(description="True: its LoRA trains. False: frozen (no LoRA, or a frozen one).")
     rank: int = Field(ge=0)
     alpha: float = Field(ge=0)
@@ -37,9 +40,9 @@ class ModulePlan(BaseModel):
     score: float | None = None
 
     def lora_params(self) -> int:
-        """Trainable parameters of this module's own LoRA (A: r×in, B: out×r)."""
-        out_f, in_f = self.shape
-        return self.rank * (in_f + out_f) if self.active else 0
+        """Trainable parameters of this module's own LoRA (A: r×in, B: out×r; per expert for 3-D)."""
+        experts = self.shape[0] if len(self.shape) == 3 else 1
+        return experts * self.rank * (self.shape[-2] + self.shape[-1]) if self.active else 0
 
 
 class LoraInit(BaseModel):
@@ -75,7 +78,8 @@ class LoraInit(BaseModel):
 
 
 class PlanChange(BaseModel):
-    """One recorded change to a module's plan entry."""
+    """One recorded change to a module's plan entry (the history; strategies propose changes with
+    :mod:`spectra_core.changes` and the core records these)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -161,24 +165,6 @@ class AdapterPlan(BaseModel):
                     lines.append(f"~ {name}.{key}: {va!r} -> {vb!r}")
         return lines
 
-    # ----- peft --------------------------------------------------------------------------------
-    def lora_kwargs(self) -> dict[str, Any]:
-        """Arguments for ``peft.LoraConfig`` that realise this plan (ranks via rank_pattern)."""
-        injected = self.injected()
-        if not injected:
-            raise InputError("the adapter plan adapts no module",
-                             hint="lower the selection threshold or check the allocator's target types")
-        base = max((m.rank for m in injected), key=[m.rank for m in injected].count)
-        base_alpha = max((m.alpha for m in injected), key=[m.alpha for m in injected].count)
-        return {
-            "r": base,
-            "lora_alpha": base_alpha,
-            "target_modules": [f"{m.name}" for m in injected],
-            "rank_pattern": {_exact(m.name): m.rank for m in injected if m.rank != base},
-            "alpha_pattern": {_exact(m.name): m.alpha for m in injected if m.alpha != base_alpha},
-            "use_rslora": self.use_rslora,
-        }
-
     def check_init(self) -> None:
         """Raise ConfigError if ``init`` cannot work with this plan (LoftQ needs LoRA scaling 1)."""
         if self.init.name != "loftq":
@@ -217,7 +203,3 @@ class AdapterPlan(BaseModel):
             for m in self.modules.values()
         ]
 
-
-def _exact(name: str) -> str:
-    """A peft pattern key matching exactly this module (peft anchors keys as ``(.*\\.)?(key)$``)."""
-    return re.escape(name)

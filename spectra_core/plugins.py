@@ -20,6 +20,7 @@ from .errors import PluginError
 
 ENTRY_POINT_GROUP = "spectra"
 CORE_PLUGIN = "core"
+HOOK_PREFIX = "spectra_"
 
 
 @dataclass
@@ -75,12 +76,34 @@ def load_plugins(pm: pluggy.PluginManager) -> dict[str, PluginInfo]:
                 f"(entry point '{ep.name} = {ep.value}') failed to import: {type(exc).__name__}: {exc}",
                 hint=f"fix or `pip uninstall {dist_name}`; SPECTRA_PLUGINS=<names> loads only the plugins named",
             ) from exc
+        _check_unmarked(plugin, ep.name, dist_name)
         pm.register(plugin, name=ep.name)
         infos[ep.name] = PluginInfo(ep.name, dist_name, version, f"{ep.name} = {ep.value}")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        info = infos.get(pm.get_name(exc.plugin) or "")
+        who = f"plugin {info.name!r} from distribution {info.distribution}" if info else "a plugin"
+        unknown = sorted(h for h, caller in vars(pm.hook).items() if not h.startswith("_") and not caller.has_spec()
+                         and any(i.plugin is exc.plugin for i in caller.get_hookimpls()))
+        known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith(HOOK_PREFIX)))
+        raise PluginError(f"{who} implements unknown hook(s) {', '.join(unknown)} (pluggy: {exc})",
+                          hint=f"check the spelling; the hooks are: {known}") from None
     for info in infos.values():
         plugin = pm.get_plugin(info.name)
         info.hooks = sorted(impl.name for impl in pm.get_hookcallers(plugin) or [])
     return infos
+
+
+def _check_unmarked(plugin: object, name: str, distribution: str) -> None:
+    """A function named like a hook but without ``@hookimpl`` would be ignored silently: refuse it."""
+    known = {n for n in dir(hookspecs) if n.startswith(HOOK_PREFIX)}
+    for attr in sorted(known):
+        fn = getattr(plugin, attr, None)
+        if callable(fn) and not hasattr(fn, f"{hookspecs.PROJECT}_impl"):
+            raise PluginError(f"plugin {name!r} from distribution {distribution} defines {attr}() without "
+                              "@hookimpl, so it would be ignored",
+                              hint="decorate it with @spectra_core.hookimpl")
 
 
 def new_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+from pydantic import BaseModel
 
 from .errors import ConfigError, PluginError
 from .plugins import PluginInfo, get_plugin_manager
@@ -58,6 +60,17 @@ class Registry:
         if not isinstance(name, str) or not name:
             raise PluginError(f"{self._dist(plugin)}: {cls_.__qualname__} has no string `name`",
                               hint="set a class attribute name = '...'")
+        if inspect.isabstract(cls_):
+            missing = ", ".join(sorted(cls_.__abstractmethods__))
+            raise PluginError(f"{self._dist(plugin)}: {stage} {name!r} ({cls_.__qualname__}) does not implement "
+                              f"{missing}", hint=f"define {missing} in {cls_.__qualname__} (see the "
+                                                 f"{base.__name__} contract in docs/reference/hooks.md)")
+        options = getattr(cls_, "Options", None)
+        if not (isinstance(options, type) and issubclass(options, BaseModel)
+                and options.model_config.get("extra") == "forbid"):
+            raise PluginError(f"{self._dist(plugin)}: {stage} {name!r} ({cls_.__qualname__}) has an Options class "
+                              f"{getattr(options, '__qualname__', options)!r} that would silently drop unknown keys",
+                              hint="derive Options from spectra_core.StrategyOptions (it forbids unknown keys)")
         if name in self.strategies[stage]:
             other = self.provider[(stage, name)]
             raise PluginError(

@@ -10,16 +10,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from .plan import AdapterPlan, PlanChange
+from .changes import Change
+from .plan import AdapterPlan
 from .scores import Scores
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from .adapters import AdapterHandle
 
 Stage = Literal["quantizer", "scorer", "allocator", "gradient_merger", "rebalancer", "exporter"]
 STAGES: tuple[Stage, ...] = ("quantizer", "scorer", "allocator", "gradient_merger", "rebalancer", "exporter")
@@ -52,9 +56,44 @@ class Strategy(ABC):
         return f"{type(self).__name__}(name={self.name!r}, options={self.options!r})"
 
 
+def provenance(cls: type) -> str:
+    """Where a strategy class comes from: ``distribution spectra-foo (plugin 'foo', module foo.scorer)``,
+    found through the ``spectra`` entry point whose module holds it."""
+    from importlib.metadata import entry_points
+
+    module = cls.__module__
+    top = module.split(".")[0]
+    for ep in entry_points(group="spectra"):
+        if ep.module.split(".")[0] == top and ep.dist is not None:
+            return f"distribution {ep.dist.name} (plugin {ep.name!r}, module {module})"
+    return f"module {module}"
+
+
+def checked_scores(result: Any, scorer: Scorer) -> Scores:
+    """``result`` if it is a :class:`Scores`; else a PluginError naming the scorer's plugin."""
+    if isinstance(result, Scores):
+        return result
+    from .errors import PluginError
+
+    raise PluginError(f"scorer {scorer.name!r} from {provenance(type(scorer))} returned {type(result).__name__}, "
+                      "expected spectra_core.Scores",
+                      hint="return Scores(scorer=self.name, modules=[ModuleScore(name=..., type=..., score=...), ...])")
+
+
 # ----- data handed between stages ------------------------------------------------------------------
 class WeightSource(Protocol):
-    """Weight matrices to score, yielded one at a time so memory stays bounded."""
+    """Weight matrices to score, yielded one at a time so memory stays bounded.
+
+    Contract for scorers: iterating yields ``(name, tensor)`` in a fixed order — the module name
+    without peft's prefix and without ``.weight`` (``model.layers.3.self_attn.q_proj``), and a dense
+    float tensor on CPU (4-bit and GGUF weights already dequantized). Tensors are 2-D ``out × in``;
+    3-D tensors (``experts × out × in``, MoE) may come from checkpoints that store experts stacked —
+    score them as a whole or per expert, but return one score per yielded name. A scorer must return
+    a score for every name (use NaN for one it cannot score, and say why in ``Scores`` notes); the
+    allocator refuses targets without a score. ``spectra_core.spectral.types.module_type(name)`` is
+    the public helper for a module's type (``self_attn.q_proj``), ``layer_index(name)`` for its layer.
+    ``fingerprint`` identifies the weights (the scan cache keys on it).
+    """
 
     fingerprint: str
 
@@ -86,23 +125,43 @@ class TargetModule(BaseModel):
 
 
 class TrainingSession(Protocol):
-    """What gradient mergers and rebalancers may touch while training runs (see training/session.py)."""
+    """What gradient mergers and rebalancers see while training runs: read-only views and data.
 
-    model: torch.nn.Module  # the peft-wrapped model
-    plan: AdapterPlan
-    optimizer: torch.optim.Optimizer
-    step: int
+    Strategies never touch the model or the optimizer: they read ``plan`` and the adapters'
+    handles, and *return* changes (:mod:`spectra_core.changes`) that the core applies.
+    """
+
+    plan: AdapterPlan  # read it; the core changes it when it applies proposed changes
+    step: int  # optimizer steps done
     run_dir: Path | None  # where a strategy may write its own records (None outside a training run)
+    is_main_process: bool  # write files only when True (several processes run under accelerate)
 
     def calibration_batches(self, n: int) -> Iterable[dict[str, torch.Tensor]]:
         """``n`` training batches (input_ids, attention_mask, labels), deterministic for the seed."""
-    def lora_modules(self) -> dict[str, torch.nn.Module]:
-        """Base-model module name → its peft LoRA layer (``lora_A``/``lora_B`` inside)."""
+    def adapter(self, name: str) -> AdapterHandle:
+        """The read-only handle of the LoRA of plan module ``name`` (shape, rank, alpha, delta(), factors())."""
+    def adapters(self) -> dict[str, AdapterHandle]:
+        """Handles of every module that carries a LoRA, in model order."""
     def effective_weights(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, float32 base weight + LoRA delta), one module at a time (4-bit bases dequantized)."""
-    def apply_plan(self) -> None:
-        """Make requires_grad and the optimizer's param groups follow ``plan`` (active, lr_scale);
-        optimizer state of parameters that keep their shape is preserved."""
+    def gradient_signals(self, names: list[str], *, batches: int, dim: int, seed: int) -> dict[str, torch.Tensor]:
+        """Sketched dense-weight gradients ``G·R`` (out × dim) of ``names`` over ``batches`` calibration
+        batches, summed over processes (see :mod:`spectra_core.calibration`)."""
+
+
+@dataclass
+class GroupGradients:
+    """The gradients of one tied group after a backward pass, as a gradient merger sees them.
+
+    ``summed`` holds the shared factors' gradients (``A``: r×in, ``B``: out×r), which autograd made
+    the sum of the members' gradients. ``per_member`` holds each member's own gradient of the shared
+    factors when the merger asked for them (:meth:`GradientMerger.wants_member_gradients`), else None.
+    """
+
+    group: str
+    members: list[str]
+    summed: dict[str, torch.Tensor]
+    per_member: dict[str, dict[str, torch.Tensor]] | None = None
 
 
 class RunArtifacts(Protocol):
@@ -120,7 +179,13 @@ class RunArtifacts(Protocol):
 
 # ----- the six stages ------------------------------------------------------------------------------
 class Quantizer(Strategy):
-    """Loads the frozen base model, quantized or not."""
+    """Loads the frozen base model, quantized or not.
+
+    Contract: return a ``transformers`` causal LM whose linear layers peft can wrap; the core freezes
+    every parameter, sets up gradient checkpointing and injects the plan's LoRA. Load from safetensors
+    only and honour ``trust_remote_code``. Optional ``bytes_per_param()`` / ``other_bytes_per_param()``
+    feed the memory estimate of ``spectra plan``.
+    """
 
     stage: ClassVar[Stage] = "quantizer"
 
@@ -130,7 +195,13 @@ class Quantizer(Strategy):
 
 
 class Scorer(Strategy):
-    """Scores every weight matrix; higher means more signal."""
+    """Scores every weight matrix; higher means more signal.
+
+    Contract: :meth:`score` consumes a :class:`WeightSource` (read its contract) and returns a
+    :class:`~spectra_core.scores.Scores` with one :class:`~spectra_core.scores.ModuleScore` per
+    yielded name; anything else is an error naming the plugin. Scores must be deterministic for the
+    options (seed any randomness): the scan cache and the resume check rely on it.
+    """
 
     stage: ClassVar[Stage] = "scorer"
 
@@ -165,7 +236,14 @@ class CalibratedScorer(Scorer):
 
 
 class Allocator(Strategy):
-    """Turns scores into an adapter plan."""
+    """Turns scores into an adapter plan.
+
+    Contract: return an :class:`~spectra_core.plan.AdapterPlan` with one entry per target (same
+    names), each with ``active``, ``rank`` (≤ the smaller weight dimension; 0 = no LoRA), ``alpha``,
+    ``lr_scale`` and optionally ``tier``/``score``; ``mode: all-inactive`` keeps a frozen LoRA on
+    inactive modules so a rebalancer can switch them on. Leave ``group`` unset: groups come from a
+    gradient merger's ``Tie`` changes.
+    """
 
     stage: ClassVar[Stage] = "allocator"
 
@@ -175,27 +253,42 @@ class Allocator(Strategy):
 
 
 class GradientMerger(Strategy):
-    """Groups modules whose gradients agree and makes each group train one shared LoRA."""
+    """Groups modules whose gradients agree; each group trains one shared LoRA.
+
+    Contract: :meth:`calibrate` runs once before training (not on ``--resume``: the checkpoint's plan
+    has the groups) and returns :class:`~spectra_core.changes.Tie` / ``Untie`` changes. The core ties
+    every group of the plan — when it applies them, when it builds the model from a plan that has
+    groups (resume) and when it reloads a finished run (export) — so a merger never ties anything
+    itself. :meth:`merge_gradients` may replace a group's summed gradient after each backward pass.
+    """
 
     stage: ClassVar[Stage] = "gradient_merger"
 
     @abstractmethod
-    def calibrate(self, session: TrainingSession) -> AdapterPlan:
-        """Before training: measure gradients, assign group ids in the plan (history records them)."""
+    def calibrate(self, session: TrainingSession) -> list[Change]:
+        """Before training: measure what it needs (``session.gradient_signals``) and return the groups as
+        ``Tie`` changes (the core records them in the plan history)."""
 
-    @abstractmethod
-    def tie(self, session: TrainingSession) -> None:
-        """Make every group's members share one set of LoRA parameters in ``session.model``."""
+    def wants_member_gradients(self) -> bool:
+        """True: the core captures each member's own gradient for :meth:`merge_gradients` (costs one
+        factor-sized buffer per member and factor)."""
+        return False
 
-    def merge_gradients(self, session: TrainingSession) -> None:  # noqa: B027 - optional hook
-        """After each backward pass, before the optimizer step: combine member gradients.
-
-        Tied parameters already receive the summed member gradient; override for other rules.
-        """
+    def merge_gradients(self, session: TrainingSession, groups: list[GroupGradients]) -> dict[str, dict[str, torch.Tensor]]:
+        """After each backward pass, before the optimizer step: new gradients by group and factor
+        (``{"g0": {"A": ..., "B": ...}}``, same shapes as ``summed``). Groups left out keep the sum."""
+        return {}
 
 
 class Rebalancer(Strategy):
-    """Re-scores the adapted model and changes the plan (what is active, ranks, groups)."""
+    """Re-scores the adapted model and proposes plan changes (what is active, ranks, groups).
+
+    Contract: :meth:`rebalance` runs every ``every_steps`` optimizer steps and once after training; it
+    reads the session and returns changes (:mod:`spectra_core.changes`); the core validates them
+    (nothing is applied if one is invalid), applies them to model and optimizer, records the plan
+    history and logs them. :meth:`check_plan` refuses, before training and in ``spectra plan``, a plan
+    it cannot work on.
+    """
 
     stage: ClassVar[Stage] = "rebalancer"
 
@@ -211,45 +304,61 @@ class Rebalancer(Strategy):
         """Before training (and in ``spectra plan``): raise ConfigError if this rebalancer cannot work on ``plan``."""
 
     @abstractmethod
-    def rebalance(self, session: TrainingSession) -> list[PlanChange]:
-        """Change model, optimizer and ``session.plan`` consistently; return the changes made."""
+    def rebalance(self, session: TrainingSession) -> list[Change]:
+        """The changes to make now (an empty list: none)."""
+
+
+class StrategySection(StrategyOptions):
+    """A nested strategy choice inside another strategy's options: ``{name: ..., options: {...}}``."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class RescoringRebalancer(Rebalancer):
     """A rebalancer that re-scores the effective weights (base + LoRA delta) with a weight-only scorer.
 
-    The scorer is created with the rebalancer, so a misspelled scorer or option fails when the run's
-    config is loaded, not after training.
+    ``options.scorer`` (``{name, options}``) names the scorer; unset, the run's own scorer is used
+    when it is weight-only, else ``spectrum``. The pipeline creates it from its registry and hands
+    it over with :meth:`use_scorer` when the config loads, so a misspelt scorer or option fails
+    before training; ``spectra plan`` says which scorer it is.
     """
 
     class Options(Rebalancer.Options):
-        scorer: str = Field(default="spectrum", description="Weight-only scorer for the effective weights.")
-        scorer_options: dict[str, Any] = Field(default_factory=dict, description="Options of that scorer.")
+        scorer: StrategySection | None = Field(
+            default=None, description="Weight-only scorer for the effective weights, {name, options}; "
+                                      "default: the run's scorer when weight-only, else spectrum.")
 
-    def __init__(self, options: StrategyOptions | dict[str, Any] | None = None) -> None:
+    scorer: Scorer | None = None
+
+    def use_scorer(self, scorer: Scorer) -> None:
+        """Re-score with ``scorer`` (a weight-only one)."""
         from .errors import ConfigError
-        from .registry import get_registry
 
-        super().__init__(options)
-        name = self.options.scorer
-        try:
-            self.scorer = get_registry().create("scorer", name, self.options.scorer_options)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ConfigError(f"rebalancer {self.name!r}: invalid scorer_options for scorer {name!r}: "
-                              f"{first['msg']} ({'.'.join(map(str, first['loc']))})",
-                              hint="`spectra config schema` lists every scorer's options") from None
-        if isinstance(self.scorer, CalibratedScorer):
-            raise ConfigError(f"rebalancer {self.name!r} re-scores weights, but scorer {name!r} needs training data",
-                              hint="set rebalancer.options.scorer to a weight-only scorer, e.g. spectrum or mp")
+        if isinstance(scorer, CalibratedScorer):
+            raise ConfigError(f"rebalancer {self.name!r} re-scores weights, but scorer {scorer.name!r} needs "
+                              "training data", hint="set rebalancer.options.scorer to a weight-only scorer, "
+                                                    "e.g. {name: spectrum} or {name: mp}")
+        self.scorer = scorer
 
     def rescore(self, session: TrainingSession, names: list[str]) -> Scores:
         """Scores of the effective weights of ``names``, in that order."""
-        return self.scorer.score(SessionWeights(session, names))
+        if self.scorer is None:
+            from .errors import ConfigError
+
+            raise ConfigError(f"rebalancer {self.name!r} has no scorer",
+                              hint="build it through spectra_core.pipeline.Pipeline, or call use_scorer(scorer)")
+        return checked_scores(self.scorer.score(SessionWeights(session, names)), self.scorer)
 
 
 class Exporter(Strategy):
-    """Writes one deliverable of a run."""
+    """Writes one deliverable of a run.
+
+    Contract: read the run (:class:`RunArtifacts`: plan, config, scores, ``peft_model()``) and write
+    under ``destination`` atomically (``spectra_core.atomic.atomic_dir``), so a killed export leaves
+    the previous deliverable intact; return the path written. ``default_dirname`` names the folder
+    under ``RUN/exports``.
+    """
 
     stage: ClassVar[Stage] = "exporter"
     default_dirname: ClassVar[str]

@@ -126,11 +126,13 @@ def config_data(base_dir: Path, run_dir: Path, exporters: list[dict[str, Any]] |
 def live_model(base_dir: Path, plan: AdapterPlan) -> Any:
     """The float base with the plan's LoRA, lora_B perturbed, and each group's LoRA tied (shared)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from spectra_core.adapters import lora_config
+
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(**plan.lora_kwargs(), task_type="CAUSAL_LM"))
+    model = get_peft_model(base, lora_config(plan))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from spectra_alors.allocator import AlorsTiers
 from spectra_alors.budget import uniform_budget
+from spectra_core.adapters import lora_config_kwargs
 from spectra_core.config import load_config
 from spectra_core.errors import ConfigError, InputError
 from spectra_core.scores import ModuleScore, Scores
@@ -52,7 +53,7 @@ def test_quantile_tiers_per_type_with_rslora_and_lr_scales():
         assert {(m.rank, m.alpha, m.lr_scale, m.active) for m in members[7:15]} == {(4, 4.0, 2.0, True)}
         # frozen tier: a parked, frozen LoRA of the smallest trained rank (so it can be promoted)
         assert {(m.rank, m.active) for m in members[15:]} == {(4, False)}
-    kwargs = plan.lora_kwargs()
+    kwargs = lora_config_kwargs(plan)
     assert kwargs["use_rslora"] is True and kwargs["r"] == 4
     assert set(kwargs["rank_pattern"].values()) == {16}
     targeted = AlorsTiers({"mode": "targeted"}).allocate(scores, targets)

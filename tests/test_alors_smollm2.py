@@ -17,7 +17,7 @@ def test_spectra_train_alors_on_smollm2(run_cli, tmp_path):
 
     from spectra_core.builtins.quantizers import BnbNF4Quantizer
     from spectra_core.models import convert_bundled
-    from spectra_core.training.modeling import lora_modules
+    from spectra_core.adapters import lora_layers
 
     out = tmp_path / "run"
     result = run_cli("train", CONFIG, "training.max_steps=6", "training.eval_every=6", "training.save_every=6",
@@ -36,7 +36,7 @@ def test_spectra_train_alors_on_smollm2(run_cli, tmp_path):
     adapter = out / "exports" / "adapter"
     base = BnbNF4Quantizer().load(convert_bundled("smollm2-135m"))
     model = PeftModel.from_pretrained(base, adapter).eval()
-    ranks = {n: layer.r["default"] for n, layer in lora_modules(model).items()}
+    ranks = {n: layer.r["default"] for n, layer in lora_layers(model).items()}
     assert ranks == {m["module"]: m["rank"] for m in plan if m["rank"]}
     ids = torch.tensor([[1, 450, 3474, 310, 278, 8024]])
     with torch.no_grad():

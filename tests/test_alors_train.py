@@ -14,7 +14,7 @@ from spectra_core.builtins.quantizers import BnbNF4Quantizer
 from spectra_core.pipeline import Pipeline
 from spectra_core.training import checkpoint as ckpt
 from spectra_core.errors import ConfigError
-from spectra_core.training.modeling import effective_weight, lora_modules
+from spectra_core.adapters import effective_weight, lora_layers
 from train_fixtures import make_tiny_model, write_text
 
 TIERS = [{"name": "high", "quantile": [0, 0.25], "rank": 8, "alpha": 8, "lr_scale": 1.0},
@@ -28,7 +28,7 @@ def alors_config(model_dir: Path, data: Path, out: Path, **rebalancer) -> dict:
         "method": "alors", "model": {"source": str(model_dir)},
         "allocator": {"name": "alors-tiers", "options": {"tiers": TIERS}},
         "rebalancer": {"name": "alors-resize",
-                       "options": {"scorer": "random", "scorer_options": {"seed": 5}, **rebalancer}},
+                       "options": {"scorer": {"name": "random", "options": {"seed": 5}}, **rebalancer}},
         "data": {"path": str(data), "max_length": 32, "validation_fraction": 0.1},
         "training": {"max_steps": 6, "batch_size": 2, "warmup_steps": 1, "eval_every": 3, "save_every": 3,
                      "log_every": 1, "learning_rate": 1e-3},
@@ -93,7 +93,7 @@ def test_rebalancer_fired_during_and_after_training(trained):
     assert any(c.after > c.before for c in ranks) and any(c.after < c.before for c in ranks)
     assert any("truncated SVD" in c.reason and "energy kept" in c.reason for c in ranks)
     assert any("zero-padding" in c.reason for c in ranks)
-    live = {n: layer.r["default"] for n, layer in lora_modules(run.model).items()}
+    live = {n: layer.r["default"] for n, layer in lora_layers(run.model).items()}
     assert live == {m.name: m.rank for m in run.plan.injected()}
     saved = json.loads((run.run_dir / "plan.json").read_text())
     assert len(saved["history"]) == len(history)
@@ -138,7 +138,7 @@ def test_demoted_modules_merge_into_a_float_base_and_export_stays_exact(model_di
     run = pipe.train()
     merged = [c for c in run.plan.history if "merged into the float base" in c.reason]
     assert merged
-    layers = lora_modules(run.model)
+    layers = lora_layers(run.model)
     assert all(layers[c.module].merged for c in merged)
     for c in merged:  # re-scoring reads base + update once, not the merged base + the update again
         layer = layers[c.module]
@@ -157,7 +157,7 @@ def test_merge_on_a_4bit_base_keeps_a_frozen_lora(model_dir, tmp_path):
     run = Pipeline.from_dict(cfg).train()
     demoted = [c for c in run.plan.history if c.field == "active" and c.after is False]
     assert demoted and all("4-bit base would requantize" in c.reason for c in demoted)
-    assert not any(layer.merged for layer in lora_modules(run.model).values())
+    assert not any(layer.merged for layer in lora_layers(run.model).values())
 
 
 def test_alors_resize_refuses_a_plan_without_tiers_before_training(model_dir, tmp_path):

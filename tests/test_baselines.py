@@ -14,7 +14,7 @@ from spectra_core.models import find_targets
 from spectra_core.registry import get_registry
 from spectra_core.spectral.sources import safetensors_source
 from spectra_core.spectral.types import layer_index
-from spectra_core.training.modeling import lora_modules
+from spectra_core.adapters import lora_config_kwargs, lora_layers
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_q_v_is_peft_default_for_llama_and_matches_peft_injection(tiny_model_dir
     active = {m.name for m in plan.active()}
     assert active and all(n.endswith(("q_proj", "v_proj")) for n in active)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2))
-    assert set(lora_modules(peft_model)) == active  # peft's own default targets, same modules
+    assert set(lora_layers(peft_model)) == active  # peft's own default targets, same modules
 
 
 def test_last_layers_is_peft_layers_to_transform(tiny_model_dir, targets, scores):
@@ -59,8 +59,8 @@ def test_last_layers_is_peft_layers_to_transform(tiny_model_dir, targets, scores
     types = sorted({t.type for t in targets})
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                                 LoraConfig(r=2, target_modules=types, layers_to_transform=[1]))
-    assert set(lora_modules(peft_model)) == active
-    assert plan.lora_kwargs()["target_modules"] == sorted(active, key=list(plan.modules).index)
+    assert set(lora_layers(peft_model)) == active
+    assert lora_config_kwargs(plan)["target_modules"] == sorted(active, key=list(plan.modules).index)
 
 
 def test_peft_targets_refuses_bad_layer_and_module_choices(targets, scores):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spectra_core.calibration import calibration_session, collect_gradient_signals
+from spectra_core.adapters import lora_layers
 from spectra_core.config import load_config
 from spectra_core.registry import get_registry
 from spectra_core.training.loss import causal_lm_loss
+from spectra_core.training.session import calibration_session
 from train_fixtures import config_dict, make_tiny_model, write_text
 
 
@@ -34,7 +35,7 @@ def test_probe_lora_keeps_the_base_function_on_every_target(setup):
     from transformers import AutoModelForCausalLM
 
     s = session_for(setup)
-    assert set(s.lora_modules()) == set(s.plan.modules) and len(s.plan.modules) == 2 * 7
+    assert set(lora_layers(s.model)) == set(s.plan.modules) and len(s.plan.modules) == 2 * 7
     batch = next(iter(s.calibration_batches(1)))
     base = AutoModelForCausalLM.from_pretrained(setup[0], dtype=torch.float32)
     with torch.no_grad():
@@ -55,7 +56,7 @@ def test_batches_depend_on_the_seed_only(setup):
 def test_sketch_norm_estimates_the_dense_gradient_norm(setup):
     s = session_for(setup)
     names = list(s.plan.modules)
-    lora = s.lora_modules()
+    lora = lora_layers(s.model)
     for n in names:
         lora[n].get_base_layer().weight.requires_grad_(True)
     for batch in s.calibration_batches(2):
@@ -65,7 +66,7 @@ def test_sketch_norm_estimates_the_dense_gradient_norm(setup):
     for n in names:
         lora[n].get_base_layer().weight.requires_grad_(False)
         lora[n].get_base_layer().weight.grad = None
-    signals = collect_gradient_signals(s, names, batches=2, dim=2048, seed=0)
+    signals = s.gradient_signals(names, batches=2, dim=2048, seed=0)
     ratios = torch.tensor([signals[n].norm().item() / dense[n] for n in names])
     assert all(v > 0 for v in dense.values())
     assert (ratios - 1).abs().max() < 0.1, ratios  # relative error of the squared norm ≲ √(2/2048) ≈ 3 %

@@ -88,6 +88,48 @@ def test_hook_returning_non_list(run_cli, tmp_path):
     assert res.returncode == 2 and "expected a list" in res.stderr
 
 
+MISTAKES = {
+    "misspelt-hook": ("from spectra_core import hookimpl\n@hookimpl\ndef spectra_scorer():\n    return []\n",
+                      ["plugin 'mistake'", "mistake-dist", "unknown hook(s) spectra_scorer", "spectra_scorers"]),
+    "forgotten-hookimpl": ("def spectra_scorers():\n    return []\n",
+                           ["plugin 'mistake'", "mistake-dist", "spectra_scorers() without @hookimpl"]),
+    "abstract": ("from spectra_core import Scorer, hookimpl\nclass Half(Scorer):\n    name = 'half'\n"
+                 "@hookimpl\ndef spectra_scorers():\n    return [Half]\n",
+                 ["mistake-dist", "scorer 'half' (Half) does not implement score"]),
+    "plain-options": ("from pydantic import BaseModel\nfrom spectra_core import Scores, Scorer, hookimpl\n"
+                      "class Loose(Scorer):\n    name = 'loose'\n    class Options(BaseModel):\n"
+                      "        k: int = 1\n    def score(self, weights):\n        return Scores(scorer='loose')\n"
+                      "@hookimpl\ndef spectra_scorers():\n    return [Loose]\n",
+                      ["mistake-dist", "scorer 'loose'", "silently drop unknown keys", "StrategyOptions"]),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_plugin_author_mistakes_are_refused_at_load(run_cli, tmp_path, mistake):
+    code, expected = MISTAKES[mistake]
+    make_distribution(tmp_path, "mistake-dist", {"mistake": "mistake_mod"}, {"mistake_mod": code})
+    res = run_cli("plugins", env=_env(tmp_path))
+    assert res.returncode == 2, res.stdout
+    assert all(e in res.stderr for e in expected), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_scorer_returning_the_wrong_type_is_named(run_cli, tmp_path):
+    from train_fixtures import make_tiny_model
+
+    code = ("from spectra_core import Scorer, hookimpl\nclass Bad(Scorer):\n    name = 'bad'\n"
+            "    def score(self, weights):\n        return [1.0 for _ in weights]\n"
+            "@hookimpl\ndef spectra_scorers():\n    return [Bad]\n")
+    make_distribution(tmp_path / "site", "bad-scorer", {"bad": "bad_mod"}, {"bad_mod": code})
+    model = make_tiny_model(tmp_path / "model", layers=1)
+    res = run_cli("scan", model, "--scorer", "bad", "--no-cache", "--quiet", "--out", tmp_path / "scan",
+                  env=_env(tmp_path / "site"))
+    assert res.returncode == 2
+    assert "scorer 'bad' from distribution bad-scorer" in res.stderr and "returned list" in res.stderr
+    assert "expected spectra_core.Scores" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "scan").exists()
+
+
 def test_example_plugin_installs_and_is_usable_by_name(run_cli, tmp_path):
     """The examples/ plugin, pip-installed into its own target dir, is found and used from a config."""
     target, source = tmp_path / "site", tmp_path / "src"

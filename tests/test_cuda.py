@@ -82,7 +82,8 @@ def test_bnb_base_loads_on_this_gpu_with_bf16_compute(model_dir):
 
 def test_lora_forward_backward_on_cuda(model_dir):
     from spectra_core.training.loss import causal_lm_loss
-    from spectra_core.training.modeling import build_peft_model, load_base, lora_modules, lora_parameters
+    from spectra_core.adapters import lora_layers, lora_parameters
+    from spectra_core.training.modeling import build_peft_model, load_base
 
     pipe = Pipeline.from_dict(_nf4_config(model_dir, model_dir, model_dir / "unused"))
     plan = make_plan(model_dir, mode="all-inactive", active="attn")
@@ -91,14 +92,14 @@ def test_lora_forward_backward_on_cuda(model_dir):
     loss, n = causal_lm_loss(model, _batch(model_dir))
     assert loss.device.type == "cuda" and n > 0
     (loss / n).backward()
-    for name, layer in lora_modules(model).items():
+    for name, layer in lora_layers(model).items():
         for p in lora_parameters(layer):
             assert p.device.type == "cuda"
             if plan.modules[name].active:
                 assert p.grad is not None and bool(torch.isfinite(p.grad).all())
             else:
                 assert p.grad is None
-    b_grads = [layer.lora_B["default"].weight.grad for name, layer in lora_modules(model).items()
+    b_grads = [layer.lora_B["default"].weight.grad for name, layer in lora_layers(model).items()
                if plan.modules[name].active]
     assert b_grads and all(float(g.abs().sum()) > 0 for g in b_grads)  # B starts at zero: its gradient is not
 

@@ -87,3 +87,51 @@ def test_source_digest_follows_the_sources_and_ignores_bytecode(tmp_path):
     assert wheels.source_digest(tmp_path) == before
     (tmp_path / "plugins" / "p" / "b.py").write_text("y = 2\n")
     assert wheels.source_digest(tmp_path) != before
+
+
+def test_a_failing_phase_is_recorded_and_the_report_stays_valid_json(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+    try:
+        import check
+    finally:
+        sys.path.pop(0)
+    report = check.Report(tmp_path / "r.json", {"phases": {}})
+
+    def broken(entry, deadline):
+        entry["partial"] = 1
+        raise RuntimeError("kernel exploded")
+
+    check.run_phase(report, "one", 5, broken)
+    check.run_phase(report, "two", 5, lambda entry, deadline: entry.update(done=True))
+    saved = json.loads((tmp_path / "r.json").read_text())["phases"]
+    assert saved["one"]["status"] == "failed" and "kernel exploded" in saved["one"]["error"]
+    assert saved["one"]["partial"] == 1 and "RuntimeError" in saved["one"]["traceback"]
+    assert saved["two"] == {**saved["two"], "status": "ok", "done": True}
+    assert not list(tmp_path.glob(".*"))  # no temp file left behind
+
+
+def test_unknown_phase_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/gpu/check.py", str(tmp_path / "x.json"), "--dry-run",
+                           "--phases", "tests,bench"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and "unknown phase(s) bench" in proc.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_sigterm_records_the_phase_it_cut_short(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "x.json"
+    proc = subprocess.Popen([sys.executable, "benchmarks/gpu/check.py", str(out), "--dry-run", "--phases", "tests"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out.exists() and "tests" in json.loads(out.read_text())["phases"]):
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 124
+    finally:
+        proc.kill()
+    report = json.loads(out.read_text())
+    assert report["phases"]["tests"]["status"] == "terminated" and "SIGTERM" in report["terminated"]

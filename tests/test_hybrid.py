@@ -9,20 +9,20 @@ import random
 import pytest
 import torch
 
+from spectra_core.adapters import lora_layers
 from spectra_core.config import TargetsConfig
 from spectra_core.errors import ConfigError
 from spectra_core.models import find_targets
 from spectra_core.pipeline import Pipeline
 from spectra_core.registry import get_registry
 from spectra_core.scores import ModuleScore, Scores
-from spectra_core.training.modeling import lora_modules
 from train_fixtures import config_dict, tiny_model_dir, write_text  # noqa: F401 - fixture
 
 
 def hybrid_config(model_dir, data, out, **rebalancer) -> dict:
     cfg = config_dict(model_dir, data, out)
     cfg["allocator"]["options"]["mode"] = "all-inactive"
-    cfg["rebalancer"] = {"name": "snr-reselect", "options": {"scorer": "random", "scorer_options": {"seed": 7},
+    cfg["rebalancer"] = {"name": "snr-reselect", "options": {"scorer": {"name": "random", "options": {"seed": 7}},
                                                              **rebalancer}}
     cfg["exporters"] = []
     return cfg
@@ -60,7 +60,7 @@ def test_snr_reselect_keeps_counts_per_type_and_drops_deactivated_updates(tiny_m
     dropped = [n for n, m in after.items() if before[n] and not m.active]
     kept = [n for n, m in after.items() if before[n] and m.active]
     assert dropped and kept, "the re-scoring moved no module (or all of them)"
-    layers = lora_modules(run.model)
+    layers = lora_layers(run.model)
     assert all(float(layers[n].lora_B["default"].weight.abs().max()) == 0.0 for n in dropped)
     assert all(float(layers[n].lora_B["default"].weight.detach().abs().max()) > 0.0 for n in kept)
     assert {c.strategy for c in run.plan.history} == {"snr-reselect"}
@@ -78,9 +78,9 @@ def test_snr_reselect_refuses_a_targeted_plan_before_training(tiny_model_dir, tm
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"scorer": "nope"}, "unknown scorer 'nope'"),
-    ({"scorer": "grad-norm"}, "needs training data"),
-    ({"scorer": "spectrum", "scorer_options": {"bogus": 1}}, "invalid scorer_options for scorer 'spectrum'"),
+    ({"scorer": {"name": "nope"}}, "unknown scorer 'nope'"),
+    ({"scorer": {"name": "grad-norm"}}, "needs training data"),
+    ({"scorer": {"name": "spectrum", "options": {"bogus": 1}}}, "invalid options for its scorer 'spectrum'"),
 ])
 @pytest.mark.parametrize("rebalancer", ["snr-reselect", "alors-resize"])
 def test_rescoring_rebalancers_check_their_scorer_when_the_config_loads(tiny_model_dir, tmp_path,  # noqa: F811
@@ -91,16 +91,28 @@ def test_rescoring_rebalancers_check_their_scorer_when_the_config_loads(tiny_mod
         Pipeline.from_dict(cfg)
 
 
+@pytest.mark.parametrize(("run_scorer", "used", "why"), [
+    ({"name": "mp"}, "mp", "the run's scorer"),
+    ({"name": "grad-norm"}, "spectrum", "the run's scorer 'grad-norm' needs training data"),
+])
+def test_rescoring_defaults_to_the_runs_scorer_family(tiny_model_dir, tmp_path, run_scorer, used, why):  # noqa: F811
+    cfg = hybrid_config(tiny_model_dir, tmp_path / "unused.txt", tmp_path / "run")
+    cfg["scorer"], cfg["rebalancer"] = run_scorer, {"name": "snr-reselect"}
+    pipe = Pipeline.from_dict(cfg)
+    assert pipe.rebalancer.scorer.name == used and why in pipe.rescoring
+    assert pipe.config.rebalancer.options.scorer.name == used  # recorded in the run's config.yaml
+
+
 def test_effective_weights_do_not_count_a_merged_update_twice(tiny_model_dir):  # noqa: F811
     from peft import LoraConfig, get_peft_model
 
     from spectra_core.builtins.quantizers import NoQuantizer
     from spectra_core.spectral.sources import open_weights
-    from spectra_core.training.modeling import effective_weight
+    from spectra_core.adapters import effective_weight
 
     model = get_peft_model(NoQuantizer().load(tiny_model_dir),
                            LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
-    name, layer = next(iter(lora_modules(model).items()))
+    name, layer = next(iter(lora_layers(model).items()))
     unmerged = effective_weight(layer)
     assert float((unmerged - layer.get_base_layer().weight).abs().max()) > 1e-3
     layer.merge(adapter_names=["default"])

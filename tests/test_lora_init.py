@@ -19,7 +19,8 @@ from spectra_core.plan import LoraInit
 from spectra_core.registry import get_registry
 from spectra_core.run import Run
 from spectra_core.spectral.sources import dense_weight, safetensors_source
-from spectra_core.training.modeling import build_peft_model, lora_modules
+from spectra_core.adapters import lora_layers
+from spectra_core.training.modeling import build_peft_model
 
 NF4 = {"name": "bnb-nf4", "options": {"compute_dtype": "float32"}}
 
@@ -47,7 +48,7 @@ def _loftq_plan(model_dir: Path, rank: int = 4):
 def test_loftq_gives_every_lora_the_optimal_rank_r_correction(tiny_model_dir):
     plan = _loftq_plan(tiny_model_dir)
     model = build_peft_model(_nf4_base(tiny_model_dir), plan, model_dir=tiny_model_dir)
-    layers = lora_modules(model)
+    layers = lora_layers(model)
     assert len(layers) == len(plan.modules) == 14  # frozen modules carry a correction too
     for name, original in safetensors_source(tiny_model_dir, names=list(layers)):
         layer = layers[name]
@@ -124,7 +125,7 @@ def test_eva_on_nf4_redistributes_ranks_and_the_plan_follows(tiny_model_dir, dat
     assert {c.strategy for c in run.plan.history} == {"eva"}
     final = tmp_path / "run" / "final"
     stock = PeftModel.from_pretrained(_nf4_base(tiny_model_dir), final).eval()
-    assert {n: layer.r["default"] for n, layer in lora_modules(stock).items()} == ranks
+    assert {n: layer.r["default"] for n, layer in lora_layers(stock).items()} == ranks
     ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
     assert torch.allclose(_logits(stock, ids), _logits(run.model.eval(), ids), atol=1e-5)
     assert run.plan.trainable_parameters() == sum(p.numel() for n, p in run.model.named_parameters()
@@ -144,7 +145,7 @@ def test_eva_init_is_peft_eva_components(tiny_model_dir, data_file, tmp_path):
     data = load_data(pipe.config.data, tok, seed=0)
     batches = lambda n: [collate(data.train[2 * i:2 * i + 2], tok.pad_token_id) for i in range(n)]  # noqa: E731
     model = build_peft_model(_nf4_base(tiny_model_dir), plan, batches=batches)
-    for layer in lora_modules(model).values():
+    for layer in lora_layers(model).values():
         a = layer.lora_A["default"].weight.float()
         assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-4)
 

@@ -14,7 +14,8 @@ from spectra_core.builtins.quantizers import (
     TorchaoNF4Quantizer,
     base_bytes_per_param,
 )
-from spectra_core.training.modeling import base_weight_float, build_peft_model, lora_modules
+from spectra_core.adapters import base_weight, lora_layers
+from spectra_core.training.modeling import build_peft_model
 from spectra_core.training.session import Session
 
 NAME = "model.layers.1.self_attn.k_proj"  # 32 out features: the shape the repack trap crashes on
@@ -32,7 +33,7 @@ def _eval_then_train_grads(model) -> dict[str, torch.Tensor]:
     """Gradients of a training step that follows an eval-mode no-grad forward (LoRA B made nonzero)."""
     ids = _batch()
     with torch.no_grad():
-        for layer in lora_modules(model).values():
+        for layer in lora_layers(model).values():
             layer.lora_B["default"].weight.normal_(std=0.01, generator=torch.Generator().manual_seed(1))
     model.eval()
     with torch.no_grad():
@@ -51,7 +52,7 @@ def test_bnb_nf4_lora_gradients_flow_after_eval_pass(tiny_model_dir):
     assert len(grads) == 28
     assert all(g is not None and float(g.abs().sum()) > 0 for g in grads.values())
     # the 4-bit weight still dequantizes to the original after the eval pass
-    w = base_weight_float(lora_modules(model)[NAME])
+    w = base_weight(lora_layers(model)[NAME])
     orig = _original(tiny_model_dir, NAME)
     assert w.shape == orig.shape
     assert float((w - orig).norm() / orig.norm()) < 0.15
@@ -59,7 +60,7 @@ def test_bnb_nf4_lora_gradients_flow_after_eval_pass(tiny_model_dir):
 
 def test_bnb_effective_weight_matches_forward(tiny_model_dir):
     model = build_peft_model(BnbNF4Quantizer({"compute_dtype": "float32"}).load(tiny_model_dir), make_plan(tiny_model_dir))
-    layer = lora_modules(model)[NAME]
+    layer = lora_layers(model)[NAME]
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_()
         x = torch.randn(5, layer.in_features)
@@ -76,7 +77,7 @@ def test_torchao_nf4_lora_trains(tiny_model_dir):
     model = build_peft_model(base, make_plan(tiny_model_dir))
     grads = _eval_then_train_grads(model)
     assert len(grads) == 28 and all(g is not None and float(g.abs().sum()) > 0 for g in grads.values())
-    w = base_weight_float(lora_modules(model)[NAME])
+    w = base_weight(lora_layers(model)[NAME])
     orig = _original(tiny_model_dir, NAME)
     assert float((w - orig).norm() / orig.norm()) < 0.15
 

@@ -19,9 +19,8 @@ def test_sgm_demo_calibrates_groups_trains_and_exports(run_cli, tmp_path):
 
     from spectra_core.registry import get_registry
     from spectra_core.run import Run
-    from spectra_core.training.modeling import lora_modules
-    from spectra_sgm.tying import factor
-
+    from spectra_core.adapters import lora_layers
+    
     out = tmp_path / "run"
     proc = run_cli("train", CONFIG, "training.max_steps=4", "training.eval_every=4", f"output_dir={out}",
                    timeout=1500)
@@ -35,9 +34,9 @@ def test_sgm_demo_calibrates_groups_trains_and_exports(run_cli, tmp_path):
     assert (out / "sgm" / "similarity.png").is_file()
 
     loaded = run.peft_model()  # spectra: base + final/ adapter, groups re-tied
-    lora = lora_modules(loaded)
+    lora = lora_layers(loaded)
     for members in groups.values():
-        assert len({factor(lora[m], "lora_A").data_ptr() for m in members}) == 1
+        assert len({factors(lora[m])["A"].data_ptr() for m in members}) == 1
     quantizer = get_registry().create("quantizer", run.config.quantizer.name, run.config.quantizer.options)
     stock = PeftModel.from_pretrained(quantizer.load(run.base_model_dir()), out / "exports" / "adapter").eval()
     batch = AutoTokenizer.from_pretrained(run.base_model_dir())("In the beginning God created", return_tensors="pt")

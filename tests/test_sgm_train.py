@@ -14,7 +14,7 @@ import yaml
 
 from spectra_core.pipeline import Pipeline
 from spectra_core.run import Run
-from spectra_sgm.tying import factor
+from spectra_core.adapters import factors
 from train_fixtures import cli_env, config_dict, make_tiny_model, write_text
 
 PROMPT = "The king went over the river and spoke unto all the land."
@@ -65,12 +65,12 @@ def logits(model, model_dir: Path) -> torch.Tensor:
 
 
 def assert_tied(model, groups: dict[str, list[str]]) -> None:
-    from spectra_core.training.modeling import lora_modules
+    from spectra_core.adapters import lora_layers
 
-    lora = lora_modules(model)
+    lora = lora_layers(model)
     for members in groups.values():
-        for f in ("lora_A", "lora_B"):
-            assert len({factor(lora[m], f).data_ptr() for m in members}) == 1, members
+        for f in ("A", "B"):
+            assert len({factors(lora[m])[f].data_ptr() for m in members}) == 1, members
 
 
 def test_calibration_groups_the_plan_and_writes_the_similarity(trained):
@@ -105,12 +105,12 @@ def test_stock_peft_loads_the_adapter_with_equal_logits(trained):
     ours = logits(run.model, pipe.model_dir())
     stock = PeftModel.from_pretrained(pipe.quantizer.load(pipe.model_dir()), adapter).eval()
     assert torch.equal(logits(stock, pipe.model_dir()), ours)
-    from spectra_core.training.modeling import lora_modules
+    from spectra_core.adapters import lora_layers
 
-    lora = lora_modules(stock)
+    lora = lora_layers(stock)
     members = next(iter(run.plan.groups().values()))
-    assert factor(lora[members[0]], "lora_A").data_ptr() != factor(lora[members[1]], "lora_A").data_ptr()
-    assert torch.equal(factor(lora[members[0]], "lora_A"), factor(lora[members[1]], "lora_A"))
+    assert factors(lora[members[0]])["A"].data_ptr() != factors(lora[members[1]])["A"].data_ptr()
+    assert torch.equal(factors(lora[members[0]])["A"], factors(lora[members[1]])["A"])
 
 
 def test_spectra_reload_restores_the_ties(trained):

@@ -12,15 +12,17 @@ import torch
 from safetensors.torch import load_file
 from train_fixtures import config_dict, make_plan, tiny_model_dir, write_text  # noqa: F401
 
+from spectra_core.adapters import lora_layers, lora_parameters
+from spectra_core.changes import Tie, deactivate, resize
 from spectra_core.data import collate
-from spectra_core.errors import InputError, TrainingError
+from spectra_core.errors import InputError, PluginError, TrainingError
 from spectra_core.pipeline import Pipeline
 from spectra_core.plan import PlanChange
 from spectra_core.run import Run
 from spectra_core.strategies import GradientMerger, Rebalancer, StrategyOptions
 from spectra_core.training.loss import causal_lm_loss
 from spectra_core.training.metrics import read_metrics
-from spectra_core.training.modeling import build_peft_model, lora_modules, lora_parameters
+from spectra_core.training.modeling import build_peft_model
 from spectra_core.training.optim import make_optimizer
 
 
@@ -38,7 +40,7 @@ def test_all_inactive_params_frozen_and_not_in_optimizer(tiny_model_dir):
     plan.modules["model.layers.0.mlp.up_proj"].active = True
     model = build_peft_model(Pipeline.from_dict(config_dict(tiny_model_dir, tiny_model_dir, "x")).quantizer
                              .load(tiny_model_dir), plan)
-    layers = lora_modules(model)
+    layers = lora_layers(model)
     assert len(layers) == 14  # every target carries a LoRA in all-inactive mode
     opt = make_optimizer(model, plan, 1e-3, 0.0)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
@@ -141,7 +143,7 @@ def test_resume_is_bitwise_identical(tiny_model_dir, data_file, tmp_path):
 
 
 class TieQ(GradientMerger):
-    """Test merger: the q_proj LoRAs of layers 0 and 1 share one set of parameters."""
+    """Test merger: the q_proj LoRAs of layers 0 and 1 share one set of parameters; it averages their gradient."""
 
     name = "tie-q"
     calls: list[str] = []
@@ -149,23 +151,17 @@ class TieQ(GradientMerger):
 
     def calibrate(self, session):
         assert len(list(session.calibration_batches(2))) == 2
-        for m in (self.A, self.B):
-            session.plan.update(m, step=0, strategy=self.name, reason="test", group="q")
         self.calls.append("calibrate")
-        return session.plan
+        return [Tie(group="q", modules=[self.A, self.B], reason="test")]
 
-    def tie(self, session):
-        layers = session.lora_modules()
-        for part in ("lora_A", "lora_B"):
-            getattr(layers[self.B], part)["default"] = getattr(layers[self.A], part)["default"]
-        self.calls.append("tie")
-
-    def merge_gradients(self, session):
+    def merge_gradients(self, session, groups):
         self.calls.append("merge")
+        assert [g.members for g in groups] == [[self.A, self.B]] and groups[0].per_member is None
+        return {g.group: {f: t / 2 for f, t in g.summed.items()} for g in groups}
 
 
 class DropOne(Rebalancer):
-    """Test rebalancer: deactivates one ungrouped module per call, records the change."""
+    """Test rebalancer: proposes to deactivate one ungrouped module per call."""
 
     name = "drop-one"
 
@@ -177,8 +173,8 @@ class DropOne(Rebalancer):
     def rebalance(self, session):
         self.steps.append(session.step)
         name = [m.name for m in session.plan.active() if m.group is None][0]
-        session.plan.update(name, step=session.step, strategy=self.name, reason="test", active=False)
-        return [session.plan.history[-1]]
+        assert session.adapter(name).rank > 0
+        return [deactivate(name, "test")]
 
 
 def test_merger_and_rebalancer_hooks(tiny_model_dir, data_file, tmp_path):
@@ -187,17 +183,31 @@ def test_merger_and_rebalancer_hooks(tiny_model_dir, data_file, tmp_path):
     pipe = Pipeline.from_dict(cfg, gradient_merger=merger, rebalancer=rebalancer)
     plan = make_plan(tiny_model_dir, mode="all-inactive", active="attn")
     run = pipe.train(plan)
-    assert merger.calls[:2] == ["calibrate", "tie"] and merger.calls.count("merge") == 12
+    assert merger.calls[0] == "calibrate" and merger.calls.count("merge") == 12
     assert rebalancer.steps == [2, 4, 6]
-    layers = lora_modules(run.model)
+    layers = lora_layers(run.model)
     assert layers[TieQ.A].lora_A["default"].weight is layers[TieQ.B].lora_A["default"].weight
     saved = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert [c["module"] for c in saved["history"] if c["strategy"] == "tie-q"] == [TieQ.A, TieQ.B]
     dropped = [c for c in saved["history"] if c["strategy"] == "drop-one"]
-    assert [c["step"] for c in dropped] == [2, 4, 6]
+    assert [c["step"] for c in dropped] == [2, 4, 6]  # recorded once each, by the core
     for c in dropped:
         assert not any(p.requires_grad for p in lora_parameters(layers[c["module"]]))
     assert any(r.get("event") == "rebalance" for r in read_metrics(tmp_path / "run" / "metrics.jsonl"))
     assert PlanChange.model_validate(dropped[0]).field == "active"
+    assert dropped[0]["reason"] == "test; frozen; its update stays as a frozen LoRA"
+
+
+def test_invalid_proposals_are_refused_naming_the_strategy(tiny_model_dir, data_file, tmp_path):
+    class Bogus(DropOne):
+        name = "bogus"
+
+        def rebalance(self, session):
+            return [resize("model.layers.0.self_attn.q_proj", 10_000, "too big")]
+
+    cfg = config_dict(tiny_model_dir, data_file, tmp_path / "run", max_steps=2)
+    with pytest.raises(PluginError, match="'bogus' proposed changes the core cannot apply.*exceeds the smaller"):
+        Pipeline.from_dict(cfg, rebalancer=Bogus()).train(make_plan(tiny_model_dir, mode="all-inactive"))
 
 
 def test_scan_plan_train_in_python_keeps_the_scan_for_the_exporters(tiny_model_dir, tmp_path):

@@ -49,6 +49,14 @@ def test_plan_shows_tiers_with_their_ranks(tiny_model_dir, tmp_path):
     assert "= a uniform LoRA of rank 4.00 on every target" in res.stdout  # half the modules at rank 8
 
 
+def test_plan_says_which_scorer_the_rebalancer_rescores_with(tiny_model_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_model_dir, "run")
+    res = _run("plan", str(cfg), "scorer={name: mp}", "allocator.options.mode=all-inactive",
+               "rebalancer={name: snr-reselect}")
+    assert res.returncode == 0, res.stderr
+    assert "rebalancer snr-reselect re-scores the effective weights with scorer mp (the run's scorer)" in res.stdout
+
+
 def test_train_reports_loss_and_refuses_existing_run(tiny_model_dir, tmp_path):
     cfg = _config(tmp_path, tiny_model_dir, "run", max_steps=3)
     res = _run("train", str(cfg))

@@ -35,6 +35,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -160,6 +161,7 @@ def env_phase(entry: dict[str, Any], deadline: float) -> None:
 
 
 # ----- tests ---------------------------------------------------------------------------------------
+CHILDREN: list[subprocess.Popen] = []  # running subprocesses, killed on SIGTERM
 OUTCOME = re.compile(r"^(tests/\S+::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
 SUMMARY = re.compile(r"^(FAILED|ERROR|SKIPPED) (?:\[\d+\] )?(\S+)(?: - (.*))?$")
 
@@ -168,14 +170,17 @@ def tests_phase(entry: dict[str, Any], deadline: float) -> None:
     cmd = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-v", "-rfEs", "-p", "no:cacheprovider"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     entry["command"] = " ".join(cmd[1:])
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=max(10.0, deadline - time.monotonic()))
-        output, entry["exit_code"] = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        entry["exit_code"] = None
-        entry["status"] = "over budget"
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        CHILDREN.append(proc)
+        try:
+            output, _ = proc.communicate(timeout=max(10.0, deadline - time.monotonic()))
+            entry["exit_code"] = proc.returncode
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            entry["exit_code"], entry["status"] = None, "over budget"
+        finally:
+            CHILDREN.remove(proc)
     results: dict[str, dict[str, str]] = {}
     for line in output.splitlines():
         if m := OUTCOME.match(line):
@@ -409,6 +414,9 @@ def _measure_setting(entry: dict[str, Any], deadline: float, work: Path, data: P
             except Exception as exc:
                 result["status"] = "oom" if _is_oom(exc) else "failed"
                 result["error"] = f"{type(exc).__name__}: {exc}"[:1500]
+                if getattr(exc, "exit_code", None) == 128 + signal.SIGTERM:  # the trainer caught run.sh's cap
+                    entry["arms"].append(result)
+                    _terminated(report)
             result["seconds"] = round(time.monotonic() - started, 1)
             result["peak_rss_mib"] = _peak_rss_mib()
             _free()
@@ -571,6 +579,19 @@ def scan_phase(report: Report, sizes: Sizes) -> Callable[[dict[str, Any], float]
     return phase
 
 
+def _terminated(report: Report) -> None:
+    """SIGTERM (run.sh's time cap): stop the test subprocess, record which phase was cut short, save,
+    exit 124 like ``timeout``."""
+    for child in CHILDREN:
+        child.kill()
+    for entry in report.data["phases"].values():
+        if entry.get("status") == "running":
+            entry["status"] = "terminated"
+    report.data["terminated"] = f"SIGTERM at {_now()} (time cap)"
+    report.save()
+    os._exit(124)
+
+
 # ----- table ---------------------------------------------------------------------------------------
 def _fmt(value: Any, spec: str = ".3g") -> str:
     return "-" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
@@ -633,9 +654,14 @@ def main() -> int:
     budgets = {k: getattr(args, f"budget_{k}") or (DRY_BUDGETS if args.dry_run else BUDGETS)[k] for k in BUDGETS}
     report = Report(args.out, {"schema": 1, "dry_run": args.dry_run, "started": _now(), "loadavg_start": _loadavg(),
                                "host": platform.node(), "budgets_s": budgets, "targets": TARGETS, "phases": {}})
-    run_phase(report, "env", 60, env_phase)
-    wanted = args.phases.split(",")
     phases = {"tests": tests_phase, "train": train_phase(report, sizes), "scan": scan_phase(report, sizes)}
+    wanted = [p for p in args.phases.split(",") if p]
+    unknown = sorted(set(wanted) - set(phases))
+    if unknown:
+        print(f"unknown phase(s) {', '.join(unknown)}: choose from {', '.join(phases)}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda signum, frame: _terminated(report))
+    run_phase(report, "env", 60, env_phase)
     for name, fn in phases.items():
         if name in wanted:
             run_phase(report, name, budgets[name], fn)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from spectra_core.calibration import collect_gradient_signals
 from spectra_core.scores import ModuleScore, Scores
 from spectra_core.strategies import CalibratedScorer, TrainingSession
 from spectra_core.training.distributed import world
@@ -31,8 +30,8 @@ class GradNormScorer(CalibratedScorer):
         opts = self.options
         plan = session.plan.modules
         names = list(plan)
-        signals = collect_gradient_signals(session, names, batches=opts.calibration_batches,
-                                           dim=opts.sketch_dim, seed=opts.seed)
+        signals = session.gradient_signals(names, batches=opts.calibration_batches, dim=opts.sketch_dim,
+                                           seed=opts.seed)
         scale = 1.0 / (opts.calibration_batches * world())
         modules = [ModuleScore(name=n, type=plan[n].type, score=float(signals[n].norm()) * scale,
                                shape=tuple(plan[n].shape)) for n in names]

@@ -10,8 +10,7 @@ import typer
 
 from spectra_core.errors import SpectraError
 
-app = typer.Typer(help="SpectraQLoRA: spend LoRA capacity where the weights carry signal.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+from .app import app
 
 
 def _quiet_third_party() -> None:

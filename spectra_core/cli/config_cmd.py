@@ -8,7 +8,7 @@ import typer
 
 from spectra_core.config import config_schema, load_config
 
-from . import app
+from .app import app
 
 config_app = typer.Typer(help="Inspect and check run configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")

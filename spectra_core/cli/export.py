@@ -11,7 +11,7 @@ from spectra_core.errors import ConfigError
 from spectra_core.registry import Registry
 from spectra_core.strategies import Exporter
 
-from . import app
+from .app import app
 
 
 @app.command("export")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from spectra_core.registry import get_registry
 
-from . import app
+from .app import app
 
 
 @app.command()

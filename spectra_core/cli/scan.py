@@ -23,7 +23,7 @@ from spectra_core.spectral.scan import run_scan
 from spectra_core.spectral.selection import (Selection, check_percent, lora_target_regex, lora_targets,
                                              reference_order, top_percent)
 
-from . import app
+from .app import app
 
 
 def _parse_options(pairs: list[str], variant: str | None) -> dict:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import app
+from .app import app
 
 
 def _gib(n: int) -> str:
@@ -53,6 +53,8 @@ def plan_cmd(
     console.print(table)
     for group, members in plan.groups().items():
         console.print(f"group {group}: {', '.join(members)}")
+    if pipe.rescoring:
+        console.print(pipe.rescoring)
     if plan.trainable_parameters() != before:
         console.print(f"shared LoRAs: {before:,} -> {plan.trainable_parameters():,} trainable parameters "
                       f"({plan.trainable_parameters() / before:.2f}x)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from spectra_core.atomic import atomic_dir
 from spectra_core.plan import AdapterPlan
@@ -36,6 +36,15 @@ class PeftAdapterExporter(Exporter):
                 (tmp / "spectra_groups.json").write_text(groups_json(run.plan), encoding="utf-8")
             (tmp / "README.md").write_text(model_card(run, adapter_parameters(tmp)), encoding="utf-8")
         return Path(destination)
+
+
+def strategies_yaml(config: Any) -> str:
+    """The run config's strategy sections (name and every option, defaults included) as YAML."""
+    import yaml
+
+    data = config.model_dump(mode="json")
+    keys = ("quantizer", "scorer", "allocator", "gradient_merger", "rebalancer", "exporters")
+    return yaml.safe_dump({k: data[k] for k in keys if data.get(k) is not None}, sort_keys=False)
 
 
 def model_card(run: RunArtifacts, stored_parameters: int) -> str:
@@ -74,6 +83,7 @@ def model_card(run: RunArtifacts, stored_parameters: int) -> str:
     ]
     if groups:
         lines.append(f"- **Groups (shared LoRA):** {len(groups)}; members listed in `spectra_groups.json`")
+    lines += ["", "## Strategies and options as run", "", "```yaml", strategies_yaml(config).rstrip(), "```"]
     lines += [
         "",
         "## Load",

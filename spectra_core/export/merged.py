@@ -87,10 +87,9 @@ def dequantized_base(run: RunArtifacts) -> Any:
 
 def merge(base: Any, adapter: Path, dtype: Any) -> Any:
     """Apply the PEFT adapter at ``adapter`` to the float ``base``, merge it, return the plain model."""
-    from peft import PeftModel
+    from spectra_core.adapters import merged_model
 
-    model = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    return model.to(dtype).eval()
+    return merged_model(base, adapter).to(dtype).eval()
 
 
 def _tokenizer(run: RunArtifacts) -> Any:

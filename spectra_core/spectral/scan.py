@@ -16,7 +16,7 @@ from spectra_core.devices import local_device
 from spectra_core.errors import InputError, SpectraError
 from spectra_core.registry import get_registry
 from spectra_core.scores import Scores
-from spectra_core.strategies import Scorer
+from spectra_core.strategies import Scorer, checked_scores
 from spectra_core.spectral import cache
 from spectra_core.spectral.phases import phase
 from spectra_core.spectral.sources import EntrySource, open_weights
@@ -130,7 +130,7 @@ def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, A
         return ScanResult(hit, cached=True, seconds=time.perf_counter() - start, world_size=world)
     mine = source.subset(source.names()[rank::world]) if world > 1 else source
     try:
-        part: Any = strategy.score(_Progress(mine, progress and rank == 0, where))
+        part: Any = checked_scores(strategy.score(_Progress(mine, progress and rank == 0, where)), strategy)
         notes = list(getattr(strategy, "notes", []))
     except SpectraError as exc:
         if world == 1:

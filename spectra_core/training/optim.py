@@ -8,7 +8,7 @@ import torch
 
 from ..errors import InputError
 from ..plan import AdapterPlan
-from .modeling import lora_modules, lora_parameters
+from ..adapters import lora_layers, lora_parameters
 
 
 def param_groups(model: torch.nn.Module, plan: AdapterPlan, lr: float, weight_decay: float) -> list[dict]:
@@ -19,7 +19,7 @@ def param_groups(model: torch.nn.Module, plan: AdapterPlan, lr: float, weight_de
     names = {id(p): n for n, p in model.named_parameters()}
     groups: dict[float, dict] = {}
     seen: set[int] = set()
-    for module_name, layer in lora_modules(model).items():
+    for module_name, layer in lora_layers(model).items():
         entry = plan.modules.get(module_name)
         if entry is None or not entry.active:
             continue
@@ -50,7 +50,7 @@ def regroup(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
     keep = {p for g in groups for p in g["params"]}
     for p in list(optimizer.state):
         state = optimizer.state[p]
-        if p not in keep or ("exp_avg" in state and state["exp_avg"].shape != p.shape):
+        if p not in keep or any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in state.values()):
             del optimizer.state[p]
 
 

@@ -200,14 +200,12 @@ class Trainer:
         model.to(acc.device)
         model.train()
         optimizer = make_optimizer(model, self.plan, self.tcfg.learning_rate, self.tcfg.weight_decay)
-        session = Session(model, self.plan, optimizer, batches=self._calibration,
-                          lr=self.tcfg.learning_rate, weight_decay=self.tcfg.weight_decay, run_dir=self.run_dir)
         merger = self.pipeline.gradient_merger
-        if merger is not None:
-            if start_ckpt is None:
-                session.plan = self.plan = merger.calibrate(session)
-            merger.tie(session)
-            session.apply_plan()
+        session = Session(model, self.plan, optimizer, batches=self._calibration, lr=self.tcfg.learning_rate,
+                          weight_decay=self.tcfg.weight_decay, seed=self.tcfg.seed, run_dir=self.run_dir,
+                          merger=merger, is_main_process=is_main)
+        if merger is not None and start_ckpt is None:  # on resume the checkpoint's plan has the groups
+            self._log_changes(merger.name, session.apply(merger.calibrate(session), strategy=merger.name))
 
         state = ckpt.TrainState(step=0, micro_batches=0)
         if start_ckpt is not None:
@@ -242,7 +240,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         t = self.tcfg
-        merger, rebalancer = self.pipeline.gradient_merger, self.pipeline.rebalancer
+        rebalancer = self.pipeline.rebalancer
         every = rebalancer.every_steps() if rebalancer is not None else None
         schedule = {"name": t.schedule, "warmup": t.warmup_steps, "total": t.max_steps}
         bar = tqdm(total=t.max_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
@@ -253,15 +251,15 @@ class Trainer:
             loss_sum = tokens = 0.0
             for _ in range(t.gradient_accumulation):
                 batch = self._micro_batch(state.micro_batches)
-                loss, n = causal_lm_loss(model, batch)
-                reduced, count = all_reduce_sum([float(loss.detach()), float(n)])
-                if not math.isfinite(reduced):
-                    bar.close()
-                    self._fail_nan(state.step + 1)
-                if n:
-                    (loss / n / t.gradient_accumulation).backward()
-                if merger is not None:
-                    merger.merge_gradients(session)
+                with session.training_pass():
+                    loss, n = causal_lm_loss(model, batch)
+                    reduced, count = all_reduce_sum([float(loss.detach()), float(n)])
+                    if not math.isfinite(reduced):
+                        bar.close()
+                        self._fail_nan(state.step + 1)
+                    if n:
+                        (loss / n / t.gradient_accumulation).backward()
+                session.merge_gradients()
                 loss_sum, tokens = loss_sum + reduced, tokens + count
                 state.micro_batches += 1
             params = [p for _, p in trainable_named_parameters(model)]
@@ -298,14 +296,17 @@ class Trainer:
             metrics.write({"step": state.step, "eval_loss": self.evaluate(model), "after": "rebalance"})
 
     def _rebalance(self, rebalancer: Any, session: Session, metrics: MetricsLog) -> None:
-        changes = rebalancer.rebalance(session)
-        for change in changes:
-            if change not in session.plan.history:
-                session.plan.history.append(change)
-        session.apply_plan()
-        self.plan = session.plan
+        """The rebalancer proposes; the session validates, applies and records once; then it is logged."""
+        changes = session.apply(rebalancer.rebalance(session), strategy=rebalancer.name)
+        self._log_changes(rebalancer.name, changes)
         metrics.write({"step": session.step, "event": "rebalance", "strategy": rebalancer.name,
                        "changes": [c.model_dump(mode="json") for c in changes]})
+
+    @staticmethod
+    def _log_changes(strategy: str, changes: list[Any]) -> None:
+        modules = sorted({c.module for c in changes})
+        log.info("%s changed %d plan field(s) of %d module(s)%s", strategy, len(changes), len(modules),
+                 f" (e.g. {modules[0]})" if modules else "")
 
     def _save(self, model: Any, optimizer: torch.optim.Optimizer, state: ckpt.TrainState,
               schedule: dict[str, Any], is_main: bool) -> Path:

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
-from spectra_core import PlanChange, RescoringRebalancer
+from spectra_core import (
+    AdapterPlan,
+    Change,
+    ModuleChange,
+    ModulePlan,
+    ModuleScore,
+    RescoringRebalancer,
+    TrainingSession,
+    annotate,
+    deactivate,
+)
 from spectra_core.errors import ConfigError
-from spectra_core.plan import AdapterPlan, ModulePlan
-from spectra_core.scores import ModuleScore
-from spectra_core.strategies import TrainingSession
 
-from .resize import energy_rank, is_float_base, resize_lora, sync_peft_config, update_spectrum
 from .tiers import ranked_by_type
 
 
@@ -47,6 +53,15 @@ def tier_specs(plan: AdapterPlan) -> list[TierSpec]:
     return sorted(specs, key=lambda s: (s.active, s.rank), reverse=True)
 
 
+def energy_rank(spectrum: torch.Tensor, fraction: float) -> int:
+    """Fewest singular values keeping ``fraction`` of the energy (0 for a zero update)."""
+    energy = spectrum.double() ** 2
+    if float(energy.sum()) == 0.0:
+        return 0
+    share = torch.cumsum(energy, 0) / energy.sum()
+    return int(torch.searchsorted(share, torch.tensor(fraction - 1e-12, dtype=share.dtype))) + 1
+
+
 class AlorsResize(RescoringRebalancer):
     """Re-score base + BA of each adapted module; move modules between tiers, resizing their LoRA."""
 
@@ -57,7 +72,6 @@ class AlorsResize(RescoringRebalancer):
             default="keep", description="A module moved to a frozen tier keeps its update as a frozen LoRA "
             "(keep), or has it merged into the base weight (merge; exact on a float base only, on a 4-bit base "
             "it stays a frozen LoRA). A merged module's LoRA is still saved, so the adapter stays complete.")
-        seed: int = Field(default=0, description="Seed of the new rows of A when a LoRA grows.")
 
     def check_plan(self, plan: AdapterPlan) -> None:
         if not any(m.tier for m in plan.modules.values()):
@@ -65,48 +79,33 @@ class AlorsResize(RescoringRebalancer):
                               f"allocator {plan.allocator!r} has no tiers",
                               hint="use allocator alors-tiers (method: alors)")
 
-    def rebalance(self, session: TrainingSession) -> list[PlanChange]:
-        plan, lora = session.plan, session.lora_modules()
+    def rebalance(self, session: TrainingSession) -> list[Change]:
+        """Within each type, the best effective-weight scores fill the tiers top-down with today's counts;
+        a module that changes tier takes that tier's rank, alpha and LR scale (the core resizes its LoRA)."""
+        plan, handles = session.plan, session.adapters()
         specs = {s.name: s for s in tier_specs(plan)}
-        order = list(specs)
-        movable = [m for m in plan.modules.values()
-                   if m.tier in specs and m.name in lora and not lora[m.name].merged]
+        movable = [m for m in plan.modules.values() if m.tier in specs and m.name in handles
+                   and not handles[m.name].merged]
         scores = self.rescore(session, [m.name for m in movable])
-        target = _retier(scores.modules, {m.name: m.tier for m in movable}, order)
-        start = len(plan.history)
-        generator = torch.Generator().manual_seed(self.options.seed + session.step)
+        target = _retier(scores.modules, {m.name: m.tier for m in movable}, list(specs))
+        changes: list[Change] = []
         for s in scores.modules:
-            entry, layer, spec = plan.modules[s.name], lora[s.name], specs[target[s.name]]
-            needed = energy_rank(update_spectrum(layer), 0.9)
-            reason = (f"effective-weight {self.options.scorer} score {s.score:.4g}: tier {spec.name} of {s.type}; "
+            entry, spec = plan.modules[s.name], specs[target[s.name]]
+            needed = energy_rank(handles[s.name].singular_values(), 0.9)
+            reason = (f"effective-weight {self.scorer.name} score {s.score:.4g}: tier {spec.name} of {s.type}; "
                       + (f"update BA has 90 % of its energy in {needed} of {entry.rank} directions" if needed
                          else "update BA is zero"))
-            fields: dict[str, Any] = {"score": s.score, "tier": spec.name, "active": spec.active}
+            fields = {"score": s.score, "tier": spec.name}
             if spec.name == entry.tier:
-                reason += "; stays"
+                changes.append(annotate(s.name, reason + "; stays", **fields))
             elif spec.active:
-                fields |= {"rank": spec.rank, "alpha": spec.alpha, "lr_scale": spec.lr_scale}
-                if (spec.rank, spec.alpha) != (entry.rank, entry.alpha):
-                    done = resize_lora(layer, spec.rank, spec.alpha, use_rslora=plan.use_rslora,
-                                       optimizer=session.optimizer, generator=generator)
-                    reason += (f"; rank {done.old_rank} -> {done.new_rank} by "
-                               + ("zero-padding B (update unchanged)" if done.new_rank >= done.old_rank else
-                                  f"truncated SVD of BA, {done.energy_kept:.1%} of its energy kept"))
+                changes.append(ModuleChange(module=s.name, reason=reason, active=True, rank=spec.rank,
+                                            alpha=spec.alpha, lr_scale=spec.lr_scale, **fields))
             elif entry.active:
-                reason += "; " + self._freeze(layer)
-            plan.update(s.name, step=session.step, strategy=self.name, reason=reason, **fields)
-        sync_peft_config(session.model, plan)
-        session.apply_plan()
-        return plan.history[start:]
-
-    def _freeze(self, layer: torch.nn.Module) -> str:
-        if self.options.on_demote == "keep":
-            return "frozen; its update stays as a frozen LoRA"
-        if not is_float_base(layer):
-            return ("frozen; kept as a frozen LoRA: merging into a 4-bit base would requantize it "
-                    "(on_demote: merge is exact on a float base only)")
-        layer.merge(adapter_names=["default"])
-        return "frozen; update merged into the float base weight (the LoRA is still saved in the adapter)"
+                changes.append(deactivate(s.name, reason, on_deactivate=self.options.on_demote, **fields))
+            else:
+                changes.append(annotate(s.name, reason, **fields))
+        return changes
 
 
 def _retier(scores: list[ModuleScore], current: dict[str, str], order: list[str]) -> dict[str, str]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
-from spectra_core import AdapterPlan, PlanChange, RescoringRebalancer
+from spectra_core import AdapterPlan, Change, RescoringRebalancer, TrainingSession, activate, annotate, deactivate
 from spectra_core.errors import ConfigError
-from spectra_core.strategies import TrainingSession
 
 from .selection import top_per_type
 
@@ -29,11 +27,10 @@ class SnrReselect(RescoringRebalancer):
             raise ConfigError(f"rebalancer snr-reselect needs LoRA in every target module; the plan's mode is "
                               f"{plan.mode!r}", hint="set allocator.options.mode: all-inactive (method: hybrid does)")
 
-    def rebalance(self, session: TrainingSession) -> list[PlanChange]:
+    def rebalance(self, session: TrainingSession) -> list[Change]:
         plan = session.plan
         self.check_plan(plan)
-        names = [m.name for m in plan.injected()]
-        scores = self.rescore(session, names)
+        scores = self.rescore(session, [m.name for m in plan.injected()])
         fraction_of_type: dict[str, float] = {}
         for t in {m.type for m in plan.modules.values()}:
             members = [m for m in plan.modules.values() if m.type == t]
@@ -42,18 +39,15 @@ class SnrReselect(RescoringRebalancer):
         for t, fraction in fraction_of_type.items():
             if fraction > 0:
                 chosen |= top_per_type([s for s in scores.modules if s.type == t], fraction)
-        start = len(plan.history)
-        lora = session.lora_modules()
+        changes: list[Change] = []
         for s in scores.modules:
-            entry = plan.modules[s.name]
             now_active = s.name in chosen
-            reason = f"effective-weight {self.options.scorer} score {s.score:.4g} " + (
+            reason = f"effective-weight {self.scorer.name} score {s.score:.4g} " + (
                 "in" if now_active else "not in") + f" the top {fraction_of_type[s.type]:.0%} of {s.type}"
-            plan.update(s.name, step=session.step, strategy=self.name, reason=reason,
-                        active=now_active, score=s.score)
-            if entry.active is False and self.options.on_deactivate == "drop":
-                with torch.no_grad():
-                    for b in lora[s.name].lora_B.values():
-                        b.weight.zero_()
-        session.apply_plan()
-        return plan.history[start:]
+            if now_active == plan.modules[s.name].active:
+                changes.append(annotate(s.name, reason, score=s.score))
+            elif now_active:
+                changes.append(activate(s.name, reason, score=s.score))
+            else:
+                changes.append(deactivate(s.name, reason, on_deactivate=self.options.on_deactivate, score=s.score))
+        return changes

@@ -12,19 +12,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from spectra_core import TrainingSession
 from spectra_core.atomic import write_text
-from spectra_core.training.distributed import world
 
 from .options import GroupingOptions
 from .similarity import Bucket
 
 DIRNAME = "sgm"
-
-
-def is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return world() == 1 or dist.get_rank() == 0
 
 
 def similarity_record(found: list[Bucket], groups: dict[str, list[str]], options: GroupingOptions, *,
@@ -36,11 +30,11 @@ def similarity_record(found: list[Bucket], groups: dict[str, list[str]], options
                         for b in found]}
 
 
-def write_artifacts(run_dir: Path | None, record: dict[str, Any], *, dpi: int = 110) -> Path | None:
-    """Write similarity.json and similarity.png under ``run_dir/sgm`` (main process only); the folder."""
-    if run_dir is None or not is_main_process():
+def write_artifacts(session: TrainingSession, record: dict[str, Any], *, dpi: int = 110) -> Path | None:
+    """Write similarity.json and similarity.png under the session's ``run_dir/sgm`` (main process only)."""
+    if session.run_dir is None or not session.is_main_process:
         return None
-    out = Path(run_dir) / DIRNAME
+    out = Path(session.run_dir) / DIRNAME
     out.mkdir(parents=True, exist_ok=True)
     step = record["step"]
     suffix = "" if step == 0 else f"-step{step:06d}"

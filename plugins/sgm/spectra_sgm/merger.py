@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
+import torch
 from pydantic import Field
 
-from spectra_core import AdapterPlan, GradientMerger
-from spectra_core.strategies import TrainingSession
+from spectra_core import Change, GradientMerger, GroupGradients, TrainingSession
 
 from .artifacts import similarity_record, write_artifacts
 from .assign import assign, measure
 from .options import GroupingOptions
-from .projection import MemberGradients
-from .tying import tie_groups
+from .projection import projected
 
 
 class CosineGroups(GradientMerger):
@@ -27,25 +26,16 @@ class CosineGroups(GradientMerger):
             "that sum projected onto the members' top-q shared gradient directions (see docs/methods/sgm.md).")
         project_rank: int = Field(default=1, gt=0, description="q, the directions kept by merge: project.")
 
-    def __init__(self, options: GroupingOptions | dict[str, Any] | None = None) -> None:
-        super().__init__(options)
-        self._members: MemberGradients | None = None
+    def calibrate(self, session: TrainingSession) -> list[Change]:
+        found = measure(session, session.plan, self.options)
+        changes, groups = assign(session.plan, found, self.options)
+        write_artifacts(session, similarity_record(found, groups, self.options, step=session.step,
+                                                   strategy=self.name))
+        return changes
 
-    def calibrate(self, session: TrainingSession) -> AdapterPlan:
-        plan = session.plan.model_copy(deep=True)
-        found = measure(session, plan, self.options)
-        groups = assign(plan, found, self.options, step=session.step, strategy=self.name)
-        write_artifacts(getattr(session, "run_dir", None),
-                        similarity_record(found, groups, self.options, step=session.step, strategy=self.name))
-        return plan
+    def wants_member_gradients(self) -> bool:
+        return self.options.merge == "project"
 
-    def tie(self, session: TrainingSession) -> None:
-        lora = session.lora_modules()
-        tie_groups(session.plan, lora)
-        if self.options.merge == "project" and session.optimizer is not None:
-            self._members = self._members or MemberGradients()
-            self._members.attach(session.plan, lora)
-
-    def merge_gradients(self, session: TrainingSession) -> None:
-        if self._members is not None:
-            self._members.merge(session.plan, session.lora_modules(), self.options.project_rank)
+    def merge_gradients(self, session: TrainingSession,
+                        groups: list[GroupGradients]) -> dict[str, dict[str, torch.Tensor]]:
+        return projected(groups, self.options.project_rank) if self.options.merge == "project" else {}

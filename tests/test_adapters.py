@@ -1,5 +1,6 @@
-"""Resizing live peft LoRA layers: growth keeps logits, shrink is the best rank-k approximation, Adam
-state follows, and the saved adapter loads in stock peft with equal logits (tiny random Llama)."""
+"""The core's adapter layer (spectra_core.adapters) on real peft, tiny random Llama: resizing live LoRA
+layers (growth keeps logits, shrink is the best rank-k approximation, Adam state follows, the saved
+adapter loads in stock peft with equal logits), read-only handles, and a peft target_parameters plan."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import pytest
 import torch
 
 from spectra_alors.allocator import AlorsTiers
-from spectra_alors.resize import factored_svd, resize_lora, sync_peft_config
+from spectra_core.adapters import AdapterHandle, factored_svd, sync_config
+from spectra_core.adapters import resize as resize_lora
 from spectra_core.builtins.quantizers import BnbNF4Quantizer, NoQuantizer
 from spectra_core.config import TargetsConfig
 from spectra_core.errors import InputError
 from spectra_core.models import find_targets
 from spectra_core.scores import ModuleScore, Scores
-from spectra_core.training.modeling import build_peft_model, lora_modules
+from spectra_core.adapters import lora_layers
+from spectra_core.training.modeling import build_peft_model
 from spectra_core.training.optim import make_optimizer
 from train_fixtures import tiny_model_dir  # noqa: F401  (fixture)
 
@@ -30,7 +33,7 @@ def build(model_dir, quantizer: str = "float"):
     plan = AlorsTiers({"tiers": TIERS}).allocate(scores, targets)
     model = build_peft_model(QUANTIZERS[quantizer].load(model_dir), plan, seed=0)
     with torch.no_grad():  # a trained-looking update: B non-zero
-        for layer in lora_modules(model).values():
+        for layer in lora_layers(model).values():
             layer.lora_B["default"].weight.normal_(0, 0.05)
     return model, plan
 
@@ -53,7 +56,7 @@ def delta(layer) -> torch.Tensor:
 def test_growth_keeps_the_function(tiny_model_dir, quantizer):
     model, plan = build(tiny_model_dir, quantizer)
     before = logits(model)
-    for name, layer in lora_modules(model).items():
+    for name, layer in lora_layers(model).items():
         old = layer.r["default"]
         done = resize_lora(layer, old + 5, alpha=3.0, use_rslora=True)
         assert (done.old_rank, done.new_rank, done.energy_kept) == (old, old + 5, 1.0)
@@ -65,7 +68,7 @@ def test_growth_keeps_the_function(tiny_model_dir, quantizer):
 
 def test_shrink_is_the_truncated_svd_and_exact_below_the_update_rank(tiny_model_dir):
     model, _ = build(tiny_model_dir)
-    layers = list(lora_modules(model).values())
+    layers = list(lora_layers(model).values())
     layer = layers[0]
     full = delta(layer)
     u, s, vh = torch.linalg.svd(full)
@@ -100,7 +103,7 @@ def test_adam_state_is_resized_with_the_parameters(tiny_model_dir):
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    name, layer = next(iter(lora_modules(model).items()))
+    name, layer = next(iter(lora_layers(model).items()))
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     old, s_old = layer.r["default"], layer.scaling["default"]
     m_a, v_b = optimizer.state[a]["exp_avg"].clone(), optimizer.state[b]["exp_avg_sq"].clone()
@@ -125,7 +128,7 @@ def test_adam_state_is_resized_with_the_parameters(tiny_model_dir):
 
 def test_resize_beyond_the_module_is_refused(tiny_model_dir):
     model, _ = build(tiny_model_dir)
-    layer = next(iter(lora_modules(model).values()))
+    layer = next(iter(lora_layers(model).values()))
     limit = min(layer.lora_B["default"].weight.shape[0], layer.lora_A["default"].weight.shape[1])
     with pytest.raises(InputError, match=f"between 1 and {limit}"):
         resize_lora(layer, limit + 1, alpha=1.0, use_rslora=True)
@@ -137,14 +140,95 @@ def test_resized_adapter_loads_in_stock_peft_with_equal_logits(tiny_model_dir, t
     from peft import PeftModel
 
     model, plan = build(tiny_model_dir)
-    for i, (name, layer) in enumerate(lora_modules(model).items()):
+    for i, (name, layer) in enumerate(lora_layers(model).items()):
         rank, alpha = (3, 2.0) if i % 2 else (11, 6.0)
         resize_lora(layer, rank, alpha, use_rslora=True)
         plan.modules[name].rank, plan.modules[name].alpha = rank, alpha
-    sync_peft_config(model, plan)
+    sync_config(model, plan)
     expected = logits(model)
     model.save_pretrained(tmp_path / "adapter")
     loaded = PeftModel.from_pretrained(NoQuantizer().load(tiny_model_dir), tmp_path / "adapter")
-    ranks = {n: layer.r["default"] for n, layer in lora_modules(loaded).items()}
+    ranks = {n: layer.r["default"] for n, layer in lora_layers(loaded).items()}
     assert ranks == {n: m.rank for n, m in plan.modules.items()}
     torch.testing.assert_close(logits(loaded), expected, rtol=0, atol=1e-5)
+
+
+def test_handles_are_read_only_views_of_the_live_lora(tiny_model_dir):
+    model, plan = build(tiny_model_dir)
+    name, layer = next(iter(lora_layers(model).items()))
+    handle = AdapterHandle(name, layer)
+    a, b = handle.factors()
+    assert handle.shape == tuple(plan.modules[name].shape) and handle.rank == a.shape[0] == b.shape[1]
+    assert handle.kind == "module" and handle.alpha == plan.modules[name].alpha
+    torch.testing.assert_close(handle.delta().double(), delta(layer), rtol=0, atol=1e-6)
+    torch.testing.assert_close(handle.effective_weight(), handle.base_weight() + handle.delta())
+    torch.testing.assert_close(handle.singular_values(), torch.linalg.svdvals(delta(layer))[:handle.rank])
+    a.zero_()
+    b.zero_()  # copies: the model is unchanged
+    assert float(layer.lora_B["default"].weight.detach().abs().sum()) > 0
+
+
+def test_a_parameter_target_goes_through_peft_target_parameters(tiny_model_dir):
+    """A plan entry of kind parameter becomes peft target_parameters; its handle reads the same delta."""
+    from spectra_core.adapters import inject, lora_config_kwargs
+    from spectra_core.plan import AdapterPlan, ModulePlan
+
+    base = NoQuantizer().load(tiny_model_dir)
+    name = "model.layers.0.mlp.up_proj.weight"
+    weight = dict(base.named_parameters())[name]
+    plan = AdapterPlan(allocator="test", modules={name: ModulePlan(
+        name=name, type="mlp.up_proj.weight", kind="parameter", shape=tuple(weight.shape), active=True, rank=2,
+        alpha=4.0)})
+    assert lora_config_kwargs(plan)["target_parameters"] == [name]
+    assert lora_config_kwargs(plan)["target_modules"] == []
+    model = inject(base, plan, seed=0)
+    layers = lora_layers(model)
+    assert list(layers) == [name]
+    with torch.no_grad():
+        layers[name].lora_B["default"].weight.normal_(0, 0.05)
+    handle = AdapterHandle(name, layers[name])
+    assert handle.kind == "parameter" and handle.shape == tuple(weight.shape) and handle.rank == 2
+    a, b = handle.factors()
+    torch.testing.assert_close(handle.delta(), 2.0 * (b @ a), rtol=1e-5, atol=1e-7)  # alpha / r = 2
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == plan.trainable_parameters()
+    with pytest.raises(InputError, match="parameter target"):
+        resize_lora(layers[name], 3, 4.0, use_rslora=False)
+
+
+class Experts(torch.nn.Module):
+    """A minimal MoE-style block: one 3-D weight (experts × in × out), each token routed to expert 0 or 1."""
+
+    def __init__(self, experts: int = 2, d_in: int = 8, d_out: int = 6) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(experts, d_in, d_out, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[i] @ self.weight[i % self.weight.shape[0]] for i in range(x.shape[0])])
+
+
+class Holder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = Experts()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.experts(x)
+
+
+def test_a_3d_expert_parameter_handle_gives_the_delta_the_forward_uses():
+    """peft target_parameters on a 3-D expert tensor: the handle's effective weight is what the LoRA model
+    computes with (the layout issue 13's MoE support builds on)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(Holder(), LoraConfig(r=2, lora_alpha=4, target_parameters=["experts.weight"],
+                                                init_lora_weights=False))
+    (name, layer), = lora_layers(model).items()
+    handle = AdapterHandle(name, layer)
+    assert name == "experts.weight" and handle.kind == "parameter" and handle.shape == (2, 8, 6)
+    assert handle.delta().shape == (2, 8, 6) and float(handle.delta().abs().max()) > 0
+    x = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = model(x)
+        plain = Holder()
+        plain.experts.weight.copy_(handle.effective_weight())
+        torch.testing.assert_close(got, plain(x), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,505 @@
+"""Every contact with peft: the plan becomes LoRA layers, and LoRA layers are read and changed only here.
+
+Strategies never see a peft layer. They get read-only :class:`AdapterHandle` objects from
+``session.adapter(name)`` and propose changes (:mod:`spectra_core.changes`) that the core applies
+with the functions below: resize (truncated SVD / zero-pad, optimizer state remapped), tie and untie
+a group's shared LoRA, merge into the base, keep ``peft_config`` in step with the plan.
+
+A plan entry adapts either a linear *module* (``kind: module``, peft ``target_modules``) or a bare
+*parameter* (``kind: parameter``, peft ``target_parameters``, e.g. 3-D MoE expert weights); both are
+reached through the same handle. Resizing a parameter target is refused for now (see :func:`resize`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import InputError
+from .plan import AdapterPlan
+from .spectral.sources import dense_weight
+
+ADAPTER = "default"
+PEFT_PREFIX = "base_model.model."
+FACTORS = ("A", "B")
+
+
+# ----- plan -> peft ---------------------------------------------------------------------------------
+def lora_config_kwargs(plan: AdapterPlan) -> dict[str, Any]:
+    """Arguments for ``peft.LoraConfig`` that realise ``plan`` (ranks and alphas via patterns)."""
+    injected = plan.injected()
+    if not injected:
+        raise InputError("the adapter plan adapts no module",
+                         hint="lower the selection threshold or check the allocator's target types")
+    ranks, alphas = [m.rank for m in injected], [m.alpha for m in injected]
+    base, base_alpha = max(ranks, key=ranks.count), max(alphas, key=alphas.count)
+    kwargs: dict[str, Any] = {
+        "r": base,
+        "lora_alpha": base_alpha,
+        "target_modules": [m.name for m in injected if m.kind == "module"],
+        "rank_pattern": {re.escape(m.name): m.rank for m in injected if m.rank != base},
+        "alpha_pattern": {re.escape(m.name): m.alpha for m in injected if m.alpha != base_alpha},
+        "use_rslora": plan.use_rslora,
+    }
+    parameters = [m.name for m in injected if m.kind == "parameter"]
+    if parameters:
+        kwargs["target_parameters"] = parameters
+    return kwargs
+
+
+def lora_config(plan: AdapterPlan, **extra: Any) -> Any:
+    """The ``peft.LoraConfig`` of ``plan`` (causal LM, no dropout); ``extra``: more LoraConfig fields."""
+    from peft import LoraConfig
+
+    return LoraConfig(**lora_config_kwargs(plan), **extra, task_type="CAUSAL_LM", lora_dropout=0)
+
+
+def inject(base: torch.nn.Module, plan: AdapterPlan, *, seed: int = 0, config: dict[str, Any] | None = None,
+           initialize: Callable[[Any], None] | None = None) -> Any:
+    """``get_peft_model(base, lora_config(plan, **config))`` with LoRA initialised from ``seed``, then by
+    ``initialize(model)`` (e.g. EVA / LoftQ, :mod:`spectra_core.training.lora_init`); afterwards the
+    plan's groups are tied and requires_grad follows the plan (inactive LoRA frozen)."""
+    from peft import get_peft_model
+
+    config = config or {}
+    torch.manual_seed(seed)
+    model = get_peft_model(base, lora_config(plan, **config),
+                           low_cpu_mem_usage="eva_config" in config)  # EVA fills the weights (peft's advice)
+    if initialize is not None:
+        initialize(model)
+    tie_groups(model, plan)
+    set_trainable(model, plan)
+    return model
+
+
+def load(base: torch.nn.Module, directory: Any, plan: AdapterPlan) -> Any:
+    """A saved stock peft adapter on ``base``, frozen, with the plan's groups tied again."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, directory, is_trainable=False)
+    tie_groups(model, plan)
+    return model
+
+
+def merged_model(base: torch.nn.Module, directory: Any) -> Any:
+    """A saved stock peft adapter merged into a float ``base``: the plain transformers model."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, directory).merge_and_unload()
+
+
+def sync_config(model: torch.nn.Module, plan: AdapterPlan) -> None:
+    """Make the model's ``LoraConfig`` describe ``plan`` (r, alpha, patterns), so ``save_pretrained``
+    writes an adapter stock peft reloads with the current ranks."""
+    config, kwargs = model.peft_config[ADAPTER], lora_config_kwargs(plan)
+    config.r, config.lora_alpha = kwargs["r"], kwargs["lora_alpha"]
+    config.rank_pattern, config.alpha_pattern = kwargs["rank_pattern"], kwargs["alpha_pattern"]
+
+
+# ----- finding layers ---------------------------------------------------------------------------------
+def _plan_name(module_name: str, layer: torch.nn.Module) -> str:
+    name = module_name.removeprefix(PEFT_PREFIX).replace(".base_layer", "")
+    parameter = getattr(layer, "parameter_name", None)
+    return f"{name}.{parameter}" if parameter else name
+
+
+def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Plan name → the peft layer carrying its LoRA (a parameter target is named ``module.param``)."""
+    from peft.tuners.lora import LoraLayer
+
+    return {_plan_name(n, m): m for n, m in model.named_modules()
+            if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
+
+
+def factors(layer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The live LoRA parameters ``{"A": r×in, "B": out×r}`` of a layer."""
+    return {"A": layer.lora_A[ADAPTER].weight, "B": layer.lora_B[ADAPTER].weight}
+
+
+def lora_parameters(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [*layer.lora_A[ADAPTER].parameters(), *layer.lora_B[ADAPTER].parameters()]
+
+
+def set_trainable(model: torch.nn.Module, plan: AdapterPlan) -> None:
+    """LoRA of active modules trains; every other parameter is frozen (a tied LoRA trains if any
+    member is active)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, layer in lora_layers(model).items():
+        entry = plan.modules.get(name)
+        if entry is not None and entry.active:
+            for p in lora_parameters(layer):
+                p.requires_grad_(True)
+
+
+def check_plan(plan: AdapterPlan, model: torch.nn.Module) -> None:
+    """Every injected module exists in ``model`` (before injection), and its rank fits its shape."""
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    for m in plan.injected():
+        found = modules.get(m.name) if m.kind == "module" else params.get(m.name)
+        if found is None:
+            raise InputError(f"plan {m.kind} {m.name!r} is not in the model",
+                             hint="re-run `spectra plan` for this model (the plan was made for another one)")
+        out_f, in_f = m.shape[-2], m.shape[-1]
+        if m.kind == "module":
+            out_f, in_f = getattr(found, "out_features", out_f), getattr(found, "in_features", in_f)
+        if m.rank > min(out_f, in_f):
+            raise InputError(f"rank {m.rank} of {m.name} exceeds its smaller dimension "
+                             f"(weight {out_f}×{in_f}): a LoRA rank must be ≤ {min(out_f, in_f)}",
+                             hint="lower the rank (allocator options) for this module type")
+
+
+# ----- reading ---------------------------------------------------------------------------------------
+def scaling(layer: torch.nn.Module) -> float:
+    return float(layer.scaling[ADAPTER])
+
+
+def is_merged(layer: torch.nn.Module) -> bool:
+    return ADAPTER in getattr(layer, "merged_adapters", [])
+
+
+def base_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """The frozen base weight as float32 (4-bit bases dequantized; a parameter target's own tensor)."""
+    if hasattr(layer, "get_param"):
+        return layer.get_param().detach().float()
+    return dense_weight(layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer).float()
+
+
+@torch.no_grad()
+def delta(layer: torch.nn.Module) -> torch.Tensor:
+    """The LoRA update ``scaling · B · A`` in the base weight's layout, float32 (peft's own formula)."""
+    return layer.get_delta_weight(ADAPTER).float()
+
+
+@torch.no_grad()
+def effective_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """Base weight + LoRA update (float32); an update already merged into the base is not added twice."""
+    weight = base_weight(layer)
+    return weight if is_merged(layer) else weight + delta(layer)
+
+
+def factored_svd(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD ``U, S, Vh`` of ``b @ a`` (out×r times r×in) in float64, from two QRs and an r×r SVD."""
+    qb, rb = torch.linalg.qr(b.double())
+    qa, ra = torch.linalg.qr(a.double().T)
+    um, s, vmh = torch.linalg.svd(rb @ ra.T)
+    return qb @ um, s, vmh @ qa.T
+
+
+def update_singular_values(layer: torch.nn.Module) -> torch.Tensor:
+    """Singular values of the update ``scaling · B · A`` (float64, descending)."""
+    f = factors(layer)
+    return factored_svd(f["B"].detach(), f["A"].detach())[1] * abs(scaling(layer))
+
+
+class AdapterHandle:
+    """A read-only view of one module's LoRA, for strategies (``session.adapter(name)``).
+
+    ``kind`` is ``module`` (a linear layer) or ``parameter`` (a bare weight tensor, e.g. MoE experts);
+    ``shape`` is the base weight's shape; ``rank``/``alpha``/``scaling`` are the live values.
+    Every tensor returned is a detached copy: changing it changes nothing in the model.
+    """
+
+    def __init__(self, name: str, layer: torch.nn.Module) -> None:
+        self.name = name
+        self._layer = layer
+
+    @property
+    def kind(self) -> str:
+        return "parameter" if hasattr(self._layer, "get_param") else "module"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.kind == "parameter":
+            return tuple(self._layer.get_param().shape)
+        return (self._layer.out_features, self._layer.in_features)
+
+    @property
+    def rank(self) -> int:
+        return int(self._layer.r[ADAPTER])
+
+    @property
+    def alpha(self) -> float:
+        return float(self._layer.lora_alpha[ADAPTER])
+
+    @property
+    def scaling(self) -> float:
+        return scaling(self._layer)
+
+    @property
+    def merged(self) -> bool:
+        """True when the update was merged into the base weight (it no longer trains)."""
+        return is_merged(self._layer)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of ``(A, B)``: A is r×in, B is out×r (for a parameter target, peft's expert layout)."""
+        f = factors(self._layer)
+        return f["A"].detach().clone(), f["B"].detach().clone()
+
+    def delta(self) -> torch.Tensor:
+        """The update ``scaling · B · A`` in the base weight's shape, float32."""
+        return delta(self._layer)
+
+    def base_weight(self) -> torch.Tensor:
+        """The frozen base weight, float32 (4-bit bases dequantized)."""
+        return base_weight(self._layer)
+
+    def effective_weight(self) -> torch.Tensor:
+        """Base weight + update, float32."""
+        return effective_weight(self._layer)
+
+    def singular_values(self) -> torch.Tensor:
+        """Singular values of the update (float64, descending; modules only)."""
+        return update_singular_values(self._layer)
+
+    def __repr__(self) -> str:
+        return f"AdapterHandle({self.name!r}, shape={self.shape}, rank={self.rank}, alpha={self.alpha:g})"
+
+
+# ----- changing (the core only) --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resized:
+    """What one resize did; ``energy_kept`` is the share of ‖s·B·A‖²_F the new update keeps."""
+
+    old_rank: int
+    new_rank: int
+    energy_kept: float
+
+    def describe(self) -> str:
+        if self.new_rank >= self.old_rank:
+            return f"rank {self.old_rank} -> {self.new_rank} by zero-padding B (update unchanged)"
+        return (f"rank {self.old_rank} -> {self.new_rank} by truncated SVD of BA, "
+                f"{self.energy_kept:.1%} of its energy kept")
+
+
+def lora_scaling(alpha: float, rank: int, use_rslora: bool) -> float:
+    return alpha / (math.sqrt(rank) if use_rslora else rank)
+
+
+def resize(layer: torch.nn.Module, rank: int, alpha: float, *, use_rslora: bool,
+           optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> Resized:
+    """Give ``layer``'s LoRA rank ``rank`` and alpha ``alpha`` (new Parameters; ``optimizer`` follows).
+
+    Shrinking replaces ``s·B·A`` by its best rank-k approximation (truncated SVD, Eckart–Young);
+    growing appends random rows to ``A`` and zero columns to ``B`` (update unchanged, new directions
+    still learn). A changed scale ``s`` is absorbed by multiplying both factors by ``sqrt(s/s')``.
+    Adam moments follow into the new basis: with ``A' = P_A·A`` and ``B' = B·P_B`` the gradients are
+    ``dA' = (s'/s)·P_Bᵀ·dA`` and ``dB' = (s'/s)·dB·P_Aᵀ``; first moments are mapped by those
+    matrices, second moments by their element-wise squares (diagonal approximation; exact for growth).
+    """
+    if hasattr(layer, "get_param"):
+        raise InputError("resizing the LoRA of a parameter target (peft target_parameters) is not supported",
+                         hint="keep the rank of parameter targets fixed (e.g. exclude them from the rebalancer)")
+    lin_a, lin_b = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
+    a, b = lin_a.weight.detach(), lin_b.weight.detach()
+    old, (out_f, in_f) = a.shape[0], (b.shape[0], a.shape[1])
+    if not 0 < rank <= min(out_f, in_f):
+        raise InputError(f"cannot resize a LoRA on a {out_f}×{in_f} weight to rank {rank}: "
+                         f"a rank must be between 1 and {min(out_f, in_f)}", hint="lower the requested rank")
+    s_old, s_new = scaling(layer), lora_scaling(alpha, rank, use_rslora)
+    c = math.sqrt(s_old / s_new)
+    eye = c * torch.eye(rank, old, dtype=torch.float64, device=a.device)
+    energy = 1.0
+    if rank >= old:
+        new_a = torch.cat([c * a.double(), _fresh_rows(rank - old, in_f, generator).to(a.device)])
+        new_b = torch.cat([c * b.double(), b.new_zeros(out_f, rank - old, dtype=torch.float64)], dim=1)
+        p_a, p_b = eye, eye.T
+    else:
+        u, s, vh = factored_svd(b, a)
+        total = float((s ** 2).sum())
+        if total == 0.0:  # B = 0 (fresh or parked LoRA): keep the first rows of A, which still learn
+            p_a, p_b = eye, eye.T
+            new_a, new_b = p_a @ a.double(), b.double() @ p_b
+        else:
+            root = s[:rank].sqrt()
+            live = root > root[0] * 1e-6
+            inv = torch.where(live, 1 / root, torch.zeros_like(root))
+            new_b, new_a = c * u[:, :rank] * root * live, c * root[:, None] * vh[:rank]
+            new_a[~live] = _fresh_rows(int((~live).sum()), in_f, generator).to(a.device)
+            p_a = c * (u[:, :rank] * inv).T @ b.double()
+            p_b = c * a.double() @ (vh[:rank].T * inv)
+            energy = float((s[:rank] ** 2).sum()) / total
+    ratio = s_new / s_old
+    _replace(lin_a, new_a, optimizer, lambda m, sq: (ratio * p_b.T) ** (2 if sq else 1) @ m)
+    _replace(lin_b, new_b, optimizer, lambda m, sq: m @ (ratio * p_a.T) ** (2 if sq else 1))
+    lin_a.out_features = lin_b.in_features = rank
+    layer.r[ADAPTER], layer.lora_alpha[ADAPTER], layer.scaling[ADAPTER] = rank, alpha, s_new
+    return Resized(old_rank=old, new_rank=rank, energy_kept=energy)
+
+
+def _fresh_rows(n: int, in_f: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``n`` new rows of A, drawn like peft's kaiming-uniform(a=√5) init: U(-1/√in, 1/√in)."""
+    return (torch.rand(n, in_f, generator=generator, dtype=torch.float64) * 2 - 1) / math.sqrt(in_f)
+
+
+MOMENT_POWER = {"exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2}  # AdamW state: first / second moments
+
+
+def _replace(linear: torch.nn.Linear, value: torch.Tensor, optimizer: torch.optim.Optimizer | None, mapping) -> None:
+    """Give ``linear`` a new weight Parameter holding ``value``; move its optimizer state and group slot.
+
+    AdamW's moments of the old weight are mapped into the new basis (second moments by the squared
+    map, see :func:`resize`); a parameter-shaped state this module does not know is refused rather
+    than silently reset. A new Parameter, not a ``.data`` swap: autograd caches a leaf's shape.
+    """
+    old = linear.weight
+    new = torch.nn.Parameter(value.to(old.dtype).contiguous(), requires_grad=old.requires_grad)
+    state = optimizer.state.get(old, {}) if optimizer is not None else {}
+    unknown = [k for k, v in state.items() if torch.is_tensor(v) and v.shape == old.shape and k not in MOMENT_POWER]
+    if unknown:
+        raise InputError(f"cannot resize a LoRA under this optimizer: its state {unknown} has no known mapping",
+                         hint="resizing supports AdamW (the trainer's optimizer)")
+    linear.weight = new
+    if optimizer is None:
+        return
+    for group in optimizer.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    state = optimizer.state.pop(old, None)
+    if state:
+        optimizer.state[new] = {k: mapping(v.double(), MOMENT_POWER[k] == 2).to(v.dtype).contiguous()
+                                if k in MOMENT_POWER and v.shape == old.shape else v for k, v in state.items()}
+
+
+def tie_groups(model: torch.nn.Module, plan: AdapterPlan) -> None:
+    """Point every group member's factors at its first member's parameters (idempotent).
+
+    The optimizer and checkpoints then see each shared factor once, and autograd sums the members'
+    gradients into it. Stock peft's ``save_pretrained`` clones aliased tensors, so a saved adapter
+    is a stock one in which each member carries its group's values.
+    """
+    layers = lora_layers(model)
+    check_groups(plan, layers)
+    for members in plan.groups().values():
+        head = factors(layers[members[0]])
+        for name in members[1:]:
+            layer = layers[name]
+            if factors(layer)["A"] is not head["A"]:
+                layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight = head["A"], head["B"]
+
+
+def check_groups(plan: AdapterPlan, layers: dict[str, torch.nn.Module]) -> None:
+    """Every group's members carry a LoRA with identical shapes, rank and alpha; else InputError."""
+    for gid, members in plan.groups().items():
+        missing = [m for m in members if m not in layers]
+        if missing:
+            raise InputError(f"group {gid}: {', '.join(missing)} carry no LoRA layer in the model",
+                             hint="only modules the plan adapts (active, rank > 0) can share a LoRA")
+        entries = [plan.modules[m] for m in members]
+        kinds = {(e.shape, e.rank, e.alpha) for e in entries}
+        shapes = {tuple(p.shape for p in factors(layers[m]).values()) for m in members}
+        if len(kinds) > 1 or len(shapes) > 1:
+            detail = ", ".join(f"{e.name} ({e.shape[0]}×{e.shape[1]}, r{e.rank}, alpha {e.alpha:g})" for e in entries)
+            raise InputError(f"group {gid} would mix shapes or LoRA hyper-parameters: {detail}",
+                             hint="a group may only hold modules of one weight shape, rank and alpha; "
+                                  "fix the group ids in the plan or re-run the calibration")
+
+
+def untie(layer: torch.nn.Module) -> None:
+    """Give one member its own copies of its current factor values (new parameters, no optimizer state)."""
+    for lin in (layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]):
+        p = lin.weight
+        lin.weight = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+
+
+@torch.no_grad()
+def start_from_mean(layers: list[torch.nn.Module]) -> None:
+    """Set the first layer's factors to the best rank-r approximation of the members' mean update.
+
+    With ``D = mean_i(B_i A_i)`` and ``D = U S Vᵀ``: ``A = V_rᵀ`` (orthonormal rows, so gradients keep
+    flowing even where ``S`` is zero) and ``B = U_r S_r``.
+    """
+    head = factors(layers[0])
+    mean = sum(f["B"].double() @ f["A"].double() for f in map(factors, layers)) / len(layers)
+    u, s, vh = torch.linalg.svd(mean, full_matrices=False)
+    r = head["A"].shape[0]
+    head["A"].copy_(vh[:r].to(head["A"].dtype))
+    head["B"].copy_((u[:, :r] * s[:r]).to(head["B"].dtype))
+
+
+def is_float_base(layer: torch.nn.Module) -> bool:
+    """True when the layer's base weight is a plain float tensor (merging into it is exact)."""
+    base = layer.get_base_layer()
+    weight = getattr(base, "weight", None)
+    return (isinstance(base, torch.nn.Linear) and type(weight) is torch.nn.Parameter
+            and weight.dtype.is_floating_point and not hasattr(weight, "quant_state"))
+
+
+def merge_into_base(layer: torch.nn.Module) -> bool:
+    """Merge the update into a float base weight (exact); False (nothing done) on a quantized base."""
+    if not is_float_base(layer):
+        return False
+    layer.merge(adapter_names=[ADAPTER])
+    return True
+
+
+@torch.no_grad()
+def drop_update(layer: torch.nn.Module) -> None:
+    """Zero B: the module computes its base function again (A keeps its values)."""
+    factors(layer)["B"].zero_()
+
+
+# ----- member gradients of tied factors -----------------------------------------------------------------
+class MemberGradients:
+    """Hooks on each group member's ``lora_A``/``lora_B`` capture its own gradient of the shared factors
+    (``g_i = ∂L/∂θ`` through member i alone), only inside :meth:`capturing`."""
+
+    def __init__(self) -> None:
+        self.grads: dict[tuple[str, str], torch.Tensor] = {}
+        self._hooked: frozenset[str] = frozenset()
+        self._handles: list[Any] = []
+        self._on = False
+
+    def attach(self, model: torch.nn.Module, plan: AdapterPlan) -> None:
+        """(Re)hook exactly the members of the plan's groups."""
+        members = frozenset(m for ms in plan.groups().values() for m in ms)
+        if members == self._hooked:
+            return
+        self.detach()
+        layers = lora_layers(model)
+        for name in sorted(members):
+            for f, lin in (("A", layers[name].lora_A[ADAPTER]), ("B", layers[name].lora_B[ADAPTER])):
+                self._handles.append(lin.register_forward_hook(self._hook(name, f)))
+        self._hooked = members
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self._hooked = [], frozenset()
+        self.grads.clear()
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        self._on = True
+        try:
+            yield
+        finally:
+            self._on = False
+
+    def take(self, members: list[str]) -> dict[str, dict[str, torch.Tensor]] | None:
+        """Each member's captured factor gradients, or None when one was not captured."""
+        found = {m: {f: self.grads.get((m, f)) for f in FACTORS} for m in members}
+        if any(g is None for per in found.values() for g in per.values()):
+            return None
+        return found  # type: ignore[return-value]
+
+    def _hook(self, name: str, which: str) -> Any:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            if not (self._on and torch.is_grad_enabled() and output.requires_grad):
+                return
+            x = args[0]
+
+            def on_grad(grad: torch.Tensor) -> None:
+                g = grad.reshape(-1, grad.shape[-1]).float().T @ x.detach().reshape(-1, x.shape[-1]).float()
+                key = (name, which)
+                self.grads[key] = g if key not in self.grads else self.grads[key] + g
+
+            output.register_hook(on_grad)
+
+        return hook
