@@ -124,7 +124,9 @@ def main() -> None:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     passthrough = [f"--steps={args.steps}", f"--batch={args.batch}", f"--length={args.length}", f"--rank={args.rank}",
                    f"--lr={args.lr}", f"--backward-layers={args.backward_layers}", f"--eval-batches={args.eval_batches}"]
-    results = [run_subprocess(__file__, ["--arm", arm, f"--seed={seed}", *passthrough], threads=1)
+    logs = Path(tempfile.mkdtemp(prefix="depth-logs-"))
+    results = [run_subprocess(__file__, ["--arm", arm, f"--seed={seed}", *passthrough], threads=1,
+                              log=logs / f"{arm}-{seed}.log")
                for seed in args.seeds for arm in ARMS]
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     s = summarise(results)

@@ -201,6 +201,7 @@ class Pipeline:
         plan = self.allocator.allocate(scores, self.targets())
         if plan.method is None:
             plan.method = self.config.method
+        plan.check_init(tied=self.gradient_merger is not None)
         if self.rebalancer is not None:
             self.rebalancer.check_plan(plan)
         return plan

@@ -165,8 +165,15 @@ class AdapterPlan(BaseModel):
                     lines.append(f"~ {name}.{key}: {va!r} -> {vb!r}")
         return lines
 
-    def check_init(self) -> None:
-        """Raise ConfigError if ``init`` cannot work with this plan (LoftQ needs LoRA scaling 1)."""
+    def check_init(self, *, tied: bool = False) -> None:
+        """Raise ConfigError if ``init`` cannot work with this plan: LoftQ needs LoRA scaling 1; neither
+        EVA nor LoftQ survives a gradient merger (``tied``), which gives a group one shared LoRA."""
+        if self.init.name == "default":
+            return
+        if tied:
+            raise ConfigError(f"lora_init {self.init.name!r} cannot be combined with a gradient merger: tying a "
+                              "group to one shared LoRA would replace each member's own initial weights",
+                              hint="drop gradient_merger, or use lora_init: {name: default}")
         if self.init.name != "loftq":
             return
         off = [m for m in self.injected() if m.alpha != (m.rank ** 0.5 if self.use_rslora else m.rank)]

@@ -66,22 +66,19 @@ def test_loftq_gives_every_lora_the_optimal_rank_r_correction(tiny_model_dir):
     assert (_logits(model.eval(), ids) - want).norm() < (nf4 - want).norm()  # closer to the float model
 
 
-def test_loftq_needs_scaling_one_and_a_4bit_base(tiny_model_dir, data_file, tmp_path):
-    with pytest.raises(ConfigError, match=r"LoftQ init needs LoRA scaling 1.*alpha 32.*2×"):
-        get_registry().create("allocator", "spectrum-top", {"rank": 16, "alpha": 32, "lora_init": {"name": "loftq"}}
-                              ).allocate(*_scores_targets(tiny_model_dir))
+def test_loftq_needs_scaling_one_and_a_4bit_base_and_no_init_survives_tying(tiny_model_dir, data_file, tmp_path):
+    cfg = config_dict(tiny_model_dir, data_file, tmp_path / "run")
+    cfg["allocator"]["options"].update(rank=4, alpha=8, lora_init={"name": "loftq"})
+    with pytest.raises(ConfigError, match=r"LoftQ init needs LoRA scaling 1.*alpha 8.*2×"):
+        Pipeline.from_dict(cfg).plan()
+    cfg["allocator"]["options"].update(alpha=4, lora_init={"name": "eva"})
+    cfg["gradient_merger"] = {"name": "cosine-groups"}
+    with pytest.raises(ConfigError, match="cannot be combined with a gradient merger"):
+        Pipeline.from_dict(cfg).plan()
     with pytest.raises(ConfigError, match="is not a 4-bit layer"):
         build_peft_model(get_registry().create("quantizer", "none").load(tiny_model_dir), _loftq_plan(tiny_model_dir),
                          model_dir=tiny_model_dir)
-
-
-def _scores_targets(model_dir: Path):
-    from spectra_core.config import TargetsConfig
-    from spectra_core.models import find_targets
-
-    targets = find_targets(model_dir, TargetsConfig())
-    scores = get_registry().create("scorer", "random").score(safetensors_source(model_dir, [t.name for t in targets]))
-    return scores, targets
+    assert not (tmp_path / "run").exists()
 
 
 def _logits(model, ids):

@@ -22,7 +22,7 @@ def _quiet_third_party() -> None:
 
 
 def _register() -> None:
-    from . import config_cmd, info  # noqa: F401  (commands register themselves on `app`)
+    from . import compare, config_cmd, info  # noqa: F401  (commands register themselves on `app`)
     from . import export  # noqa: F401
     from . import scan  # noqa: F401
     from . import train  # noqa: F401

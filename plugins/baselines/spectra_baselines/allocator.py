@@ -92,10 +92,8 @@ class PeftTargets(Allocator):
                                score=by_name[t.name].score if t.name in by_name else None)
             for t in targets
         }
-        plan = AdapterPlan(allocator=self.name, mode="targeted", use_rslora=opts.use_rslora,
+        return AdapterPlan(allocator=self.name, mode="targeted", use_rslora=opts.use_rslora,
                            modules=modules, init=opts.lora_init)
-        plan.check_init()
-        return plan
 
     def _top(self, matched: list[TargetModule], by_name: dict) -> set[str]:
         missing = [t.name for t in matched if t.name not in by_name]

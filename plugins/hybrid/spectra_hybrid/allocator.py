@@ -57,10 +57,8 @@ class SpectrumTopAllocator(Allocator):
             for m in modules.values():
                 if not m.active:
                     m.rank = 0
-        plan = AdapterPlan(allocator=self.name, mode=opts.mode, use_rslora=opts.use_rslora,
+        return AdapterPlan(allocator=self.name, mode=opts.mode, use_rslora=opts.use_rslora,
                            modules=modules, init=opts.lora_init)
-        plan.check_init()
-        return plan
 
     def _eligible(self, targets: list[TargetModule]) -> set[str] | None:
         """Targets in the last ``backward_layers`` layers (None: no depth budget)."""
