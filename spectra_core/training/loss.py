@@ -56,3 +56,21 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor], *, chunk_tokens: 
         else:
             total = total + _chunk_loss(head, h, y)
     return total, int(labels.shape[0])
+
+
+@torch.no_grad()
+def summed_eval_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int, *, batch_size: int,
+                     max_batches: int | None = None, rank: int = 0, world: int = 1,
+                     device: torch.device | str = "cpu") -> tuple[float, float]:
+    """(sum of token losses, label tokens) over this process's share of the first ``max_batches``
+    batches of ``examples`` (moved to ``device``), in eval mode (the model is put back in train mode)."""
+    from ..data import collate
+
+    model.eval()
+    batches = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)][:max_batches or None]
+    total = count = 0.0
+    for batch in batches[rank::world]:
+        loss, n = causal_lm_loss(model, {k: v.to(device) for k, v in collate(batch, pad_id).items()})
+        total, count = total + float(loss), count + n
+    model.train()
+    return total, count

@@ -27,7 +27,7 @@ from ..run import Run
 from ..scores import Scores
 from . import checkpoint as ckpt
 from .distributed import all_reduce_grads, all_reduce_sum, barrier, make_accelerator
-from .loss import causal_lm_loss
+from .loss import causal_lm_loss, summed_eval_loss
 from .metrics import MetricsLog
 from .modeling import build_peft_model, load_base, trainable_named_parameters
 from .optim import lr_factor, make_optimizer, set_lr
@@ -147,16 +147,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> float:
         """Held-out loss per label token (validation split, sharded over processes)."""
-        model.eval()
-        bs = self.tcfg.batch_size
-        batches = [self.data.validation[i:i + bs] for i in range(0, len(self.data.validation), bs)]
-        if self.tcfg.eval_batches:
-            batches = batches[:self.tcfg.eval_batches]
-        total = count = 0.0
-        for batch in batches[self.rank::self.world]:
-            loss, n = causal_lm_loss(model, self._on_device(collate(batch, self.pad_id)))
-            total, count = total + float(loss), count + n
-        model.train()
+        total, count = summed_eval_loss(model, self.data.validation, self.pad_id, batch_size=self.tcfg.batch_size,
+                                        max_batches=self.tcfg.eval_batches, rank=self.rank, world=self.world,
+                                        device=self.device)
         total, count = all_reduce_sum([total, count])
         return total / max(count, 1.0)
 
