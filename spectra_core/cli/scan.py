@@ -17,6 +17,7 @@ from spectra_core.atomic import atomic_dir, check_output_file, check_writable, c
 from spectra_core.errors import ConfigError, InputError
 from spectra_core.scores import Scores
 from spectra_core.spectral.formats import load_scores, to_flat, unfrozen_yaml
+from spectra_core.spectral import phases
 from spectra_core.spectral.heatmap import write_heatmap
 from spectra_core.spectral.scan import run_scan
 from spectra_core.spectral.selection import (Selection, check_percent, lora_target_regex, lora_targets,
@@ -99,6 +100,7 @@ def scan(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if a cached result exists."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or table."),
     device: str = typer.Option("auto", "--device", help="Compute spectra on: auto (GPU if available), cpu, cuda, cuda:N."),
+    timings: bool = typer.Option(False, "--timings", help="Print where the time went, per phase, to stderr."),
 ) -> None:
     """Score every weight matrix; write scores.json, snr_results.json, the YAML, selection.json, heatmap.png
     (together: they appear in --out at once, replacing an earlier scan there, or not at all)."""
@@ -124,8 +126,9 @@ def scan(
         raise InputError(f"{model} holds no 2-D weight matrix (only 1-D tensors such as norms and biases): "
                          "nothing LoRA could adapt", hint="scan the full checkpoint (the files with the linear "
                                                           "layers' weights)")
-    selection = top_percent(scores, percent)
-    targets = lora_targets(selection)
+    with phases.phase("selection"):
+        selection = top_percent(scores, percent)
+        targets = lora_targets(selection)
     pct = f"{percent:g}"
     files = {
         "scores.json": scores.to_json(),
@@ -136,7 +139,7 @@ def scan(
             "selected": {t: [m.name for m in ms] for t, ms in selection.items()},
             "lora_targets": targets, "lora_target_regex": lora_target_regex(targets)}, indent=2) + "\n",
     }
-    with atomic_dir(out) as tmp:
+    with phases.phase("write"), atomic_dir(out) as tmp:
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
         write_heatmap(scores, selection, tmp / "heatmap.png", title=f"{_slug(model)}: {scorer}, top {pct}%")
@@ -147,6 +150,8 @@ def scan(
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     console.print(f"wrote {out}/ ({', '.join([*files, 'heatmap.png'])})", highlight=False)
+    if timings:
+        console.print(phases.table(phases.snapshot()), highlight=False, markup=False)
 
 
 @app.command()
