@@ -38,14 +38,15 @@ def test_loftq_corrects_every_smollm2_module_toward_its_original_weight(model_di
     each of the 210 modules); whether that lowers the loss is measured by benchmarks/loftq.py."""
     from spectra_core.plan import AdapterPlan, LoraInit, ModulePlan
     from spectra_core.spectral.sources import dense_weight
-    from spectra_core.training.modeling import build_peft_model, lora_modules
+    from spectra_core.adapters import lora_layers
+    from spectra_core.training.modeling import build_peft_model
 
     targets = find_targets(model_dir, TargetsConfig())
     plan = AdapterPlan(allocator="test", mode="all-inactive", init=LoraInit(name="loftq"), modules={
         t.name: ModulePlan(name=t.name, type=t.type, shape=(t.out_features, t.in_features), active=False,
                            rank=16, alpha=16) for t in targets})
     model = build_peft_model(get_registry().create("quantizer", "bnb-nf4").load(model_dir), plan, model_dir=model_dir)
-    layers = lora_modules(model)
+    layers = lora_layers(model)
     before = after = 0.0
     for name, original in safetensors_source(model_dir, names=list(layers)):
         residual = original.float() - dense_weight(layers[name].get_base_layer())

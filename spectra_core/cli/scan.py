@@ -17,6 +17,7 @@ from spectra_core.atomic import write_text
 from spectra_core.errors import ConfigError
 from spectra_core.scores import Scores
 from spectra_core.spectral.formats import load_scores, to_flat, unfrozen_yaml
+from spectra_core.spectral import phases
 from spectra_core.spectral.heatmap import write_heatmap
 from spectra_core.spectral.scan import run_scan
 from spectra_core.spectral.selection import (Selection, check_percent, lora_target_regex, lora_targets,
@@ -79,6 +80,7 @@ def scan(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if a cached result exists."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or table."),
     device: str = typer.Option("auto", "--device", help="Compute spectra on: auto (GPU if available), cpu, cuda, cuda:N."),
+    timings: bool = typer.Option(False, "--timings", help="Print where the time went, per phase, to stderr."),
 ) -> None:
     """Score every weight matrix; write scores.json, snr_results.json, the YAML, selection.json, heatmap.png."""
     check_percent(percent)
@@ -97,8 +99,9 @@ def scan(
     scores = reference_order(result.scores)
     if not scores.modules:
         raise ConfigError(f"scorer {scorer!r} scored no module of {model}", hint="; ".join(result.notes[:3]) or None)
-    selection = top_percent(scores, percent)
-    targets = lora_targets(selection)
+    with phases.phase("selection"):
+        selection = top_percent(scores, percent)
+        targets = lora_targets(selection)
     out = out or Path("scans") / _slug(model)
     pct = f"{percent:g}"
     files = {
@@ -110,9 +113,10 @@ def scan(
             "selected": {t: [m.name for m in ms] for t, ms in selection.items()},
             "lora_targets": targets, "lora_target_regex": lora_target_regex(targets)}, indent=2) + "\n",
     }
-    for name, text in files.items():
-        write_text(out / name, text)
-    write_heatmap(scores, selection, out / "heatmap.png", title=f"{_slug(model)}: {scorer}, top {pct}%")
+    with phases.phase("write"):
+        for name, text in files.items():
+            write_text(out / name, text)
+        write_heatmap(scores, selection, out / "heatmap.png", title=f"{_slug(model)}: {scorer}, top {pct}%")
     console = _console()
     if not quiet:
         how = "cached" if result.cached else f"{result.seconds:.1f} s, {result.world_size} process(es)"
@@ -120,6 +124,8 @@ def scan(
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     console.print(f"wrote {out}/ ({', '.join([*files, 'heatmap.png'])})", highlight=False)
+    if timings:
+        console.print(phases.table(phases.snapshot()), highlight=False, markup=False)
 
 
 @app.command()
