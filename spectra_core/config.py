@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .errors import ConfigError
-from .registry import Registry, get_registry
+from .registry import HOOK_OF_STAGE, Registry, get_registry
 from .strategies import STAGES, Stage
 
 STAGE_KEYS: dict[str, Stage] = {**{s: s for s in STAGES}, "exporters": "exporter"}
@@ -84,11 +84,16 @@ class TrainingConfig(_Strict):
 class TargetsConfig(_Strict):
     include: list[str] | None = Field(
         default=None, description="Regexes over module names; default: every nn.Linear except the output head.")
-    exclude: list[str] = Field(default_factory=lambda: ["lm_head"])
+    exclude: list[str] = Field(default_factory=lambda: ["lm_head"], description=(
+        "Regexes of modules never adapted. A list given here replaces the default ['lm_head']: keep "
+        "'lm_head' in it to keep the output head frozen (`spectra plan` notes when the head became a target)."))
 
 
-def _empty_stage(stage: Stage) -> type[BaseModel]:
+def _empty_stage(stage: Stage, registry: Registry) -> type[BaseModel]:
     def refuse(cls: type, data: Any) -> Any:
+        name = data.get("name") if isinstance(data, dict) else None
+        if found := _not_loaded(HOOK_OF_STAGE[stage], name, registry):
+            raise ValueError(f"unknown {stage} {name!r}; {found[0]} ({found[1]})")
         raise ValueError(f"no {stage} strategies are installed; pip install a plugin that provides one")
 
     return create_model(f"No_{stage}", __config__=ConfigDict(extra="allow"),
@@ -106,7 +111,7 @@ def _section_type(registry: Registry, stage: Stage) -> Any:
             options=(cls.Options, Field(default_factory=cls.Options)),
         ))
     if not members:
-        return _empty_stage(stage)
+        return _empty_stage(stage, registry)
     if len(members) == 1:
         return members[0]
     return Annotated[Union[tuple(members)], Field(discriminator="name")]
@@ -147,14 +152,61 @@ def _merge_section(default: Any, explicit: Any) -> Any:
     return explicit if explicit is not None else default
 
 
-def apply_method(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
-    """Fill the method's defaults under the explicit sections."""
+def _not_loaded(hook: str, name: Any, registry: Registry) -> tuple[str, str] | None:
+    from .plugin_hints import not_loaded_provider
+
+    return not_loaded_provider(hook, name, set(registry.plugins)) if isinstance(name, str) else None
+
+
+def apply_method(data: dict[str, Any], registry: Registry, source: str = "config",
+                 node: yaml.Node | None = None) -> dict[str, Any]:
+    """Fill the method's defaults under the explicit sections; an unknown method is refused alone
+    (the sections it would have filled are not reported as missing)."""
     name = data.get("method")
-    if not name or not isinstance(name, str):
+    if name is None:
         return data
-    if name not in registry.methods:
-        return data  # validation reports the unknown method with the list of available ones
+    if not isinstance(name, str) or name not in registry.methods:
+        line = _line_of(node, ["method"])
+        at = f" (line {line})" if line else ""
+        available = ", ".join(sorted(registry.methods)) or "none installed"
+        found = _not_loaded("spectra_methods", name, registry)
+        if found:
+            raise ConfigError(f"{source}: method{at}: {found[0]}", hint=found[1])
+        raise ConfigError(f"{source}: method{at}: unknown method {name!r}; available: {available}",
+                          hint="pick one of the available methods (`spectra methods` lists them), or "
+                               "pip install the plugin that provides it")
     return _merge_section(registry.methods[name].defaults, data)
+
+
+def _override_value(item: str, raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML ({problem})",
+                          hint="quote a value meant as text, or complete it (e.g. training.max_steps=100, "
+                               "targets.include=[q_proj, v_proj])") from None
+
+
+def _child(node: Any, part: str, item: str, where: str, create: bool) -> Any:
+    """``node[part]`` for an override's path (a dict key or a list index); ``where`` names ``node``."""
+    if isinstance(node, list):
+        if not part.isdigit():
+            raise ConfigError(f"override {item!r}: {where} is a list; {part!r} is not an index",
+                              hint=f"use an index 0..{len(node) - 1}, e.g. {where}.0")
+        if int(part) >= len(node):
+            raise ConfigError(f"override {item!r}: {where} has {len(node)} entr{'y' if len(node) == 1 else 'ies'}, "
+                              f"so there is no index {part}",
+                              hint=f"use an index 0..{len(node) - 1}, or set the whole list: {where}=[...]"
+                              if node else f"set the whole list: {where}=[...]")
+        return node[int(part)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {item!r}: {where} is a value ({node!r}), not a section",
+                          hint=f"override {where} itself (e.g. {where}=...)")
+    if part.isdigit() and part not in node:
+        raise ConfigError(f"override {item!r}: {where} is not a list in this config, so there is no index {part}",
+                          hint=f"set the whole list: {where}=[...]")
+    return node.setdefault(part, {}) if create else node
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -162,36 +214,70 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key or "" in key.split("."):
             raise ConfigError(f"override {item!r} is not of the form key.sub=value",
                               hint="e.g. training.max_steps=100 or allocator.options.top_fraction=0.5")
-        value = yaml.safe_load(raw) if raw else None
+        value = _override_value(item, raw)
         node: Any = data
         parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit():
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
-        if isinstance(node, list) and parts[-1].isdigit():
-            node[int(parts[-1])] = value
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[:i]) or "the config"
+            node = _child(node, part, item, where, create=True)
+        last, where = parts[-1], ".".join(parts[:-1]) or "the config"
+        if isinstance(node, list):
+            _child(node, last, item, where, create=False)
+            node[int(last)] = value
         else:
-            node[parts[-1]] = value
+            _child(node, last, item, where, create=False)
+            node[last] = value
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would let the last one win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} appears twice")
+        self.key, self.first, self.second = key, first, second
 
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"config path {path} is a directory", hint="pass the path of a YAML run config file")
         raise ConfigError(f"config file not found: {path}", hint="pass the path of a YAML run config")
-    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start})",
+                          hint="save the config as UTF-8 (is it the right file?)") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
         node = yaml.compose(text)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: key {exc.key!r} is given twice (lines {exc.first} and {exc.second})",
+                          hint=f"keep one of the two; YAML would silently use line {exc.second}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}", hint="fix the YAML syntax at the position shown") from exc
+        raise ConfigError(f"{path} is not valid YAML: {exc}", hint="fix the YAML syntax at the position shown") from None
     if data is None:
-        data = {}
+        raise ConfigError(f"{path} is empty (no settings, only blank lines or comments)",
+                          hint="a run config needs at least model, quantizer, scorer and allocator (or method); "
+                               "start from configs/demo.yaml, or see `spectra config schema`")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}",
                           hint="see `spectra config schema` for the expected keys")
@@ -245,7 +331,8 @@ def format_validation_error(exc: ValidationError, data: dict[str, Any], node: ya
                 err["type"] == "union_tag_invalid" or path[-1] == "name"):
             given = err["input"].get("name") if isinstance(err["input"], dict) else err["input"]
             names = ", ".join(sorted(registry.strategies[STAGE_KEYS[stage]]))
-            msg = f"unknown {STAGE_KEYS[stage]} {given!r}; available: {names}"
+            found = _not_loaded(HOOK_OF_STAGE[STAGE_KEYS[stage]], given, registry)
+            msg = f"unknown {STAGE_KEYS[stage]} {given!r}; " + (f"{found[0]} ({found[1]})" if found else f"available: {names}")
             path = [p for p in path if p != "name"]
             where, line = ".".join(str(p) for p in path), _line_of(node, path)
             at = f" (line {line})" if line else ""
@@ -266,7 +353,7 @@ def load_config(path: Path | None = None, *, data: dict[str, Any] | None = None,
     else:
         base_dir = Path.cwd()
     data = apply_overrides(data or {}, list(overrides))
-    full = apply_method(data, registry)
+    full = apply_method(data, registry, str(path or "config"), node)
     _resolve_relative_paths(full, base_dir)
     try:
         return config_model(registry).model_validate(full)

@@ -15,8 +15,8 @@ Sequences longer than ``max_length`` are truncated and counted (:class:`DataStat
 
 from __future__ import annotations
 
+import codecs
 import functools
-
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,11 @@ from .errors import InputError
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_READ_HINTS = {"json": "a .jsonl file needs one JSON object per line (a .json file: a list of objects)",
+               "csv": "a .csv file needs a header row naming the columns", "parquet": "re-write the parquet file",
+               "text": "a .txt file needs one UTF-8 document per line", "hub": "check the hub dataset id"}
 
 Example = dict[str, list[int]]
 
@@ -56,12 +60,54 @@ class TokenizedData:
 
 # ----- loading -----------------------------------------------------------------------------------
 def _builder(path: Path) -> str:
-    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
+    suffixes = [s for s in path.suffixes if s not in COMPRESSED]
     builder = BUILDERS.get(suffixes[-1].lower()) if suffixes else None
     if builder is None:
         raise InputError(f"{path}: unsupported data file type",
                          hint=f"use one of {', '.join(BUILDERS)} (optionally gzip-compressed)")
     return builder
+
+
+_SNIFF_BYTES = 1 << 16
+
+
+def check_data_file(source: str) -> None:
+    """Cheap checks of a local data file before anything is loaded: present, a file, a known type,
+    not empty, and text where text is expected. Hub dataset ids pass (checked when loaded)."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        if HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+            return
+        raise InputError(f"data file not found: {source}",
+                         hint="set data.path to a local txt/jsonl/json/csv/parquet file or a hub dataset id")
+    if not path.is_file():
+        raise InputError(f"data path {source} is a directory, not a file",
+                         hint="set data.path to one txt/jsonl/json/csv/parquet file")
+    builder = _builder(path)
+    if path.stat().st_size == 0:
+        raise InputError(f"data file {source} is empty (0 bytes)", hint="give a file with at least two records")
+    if builder == "parquet" or path.suffix.lower() in COMPRESSED:
+        return
+    with path.open("rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    if b"\x00" in head:
+        raise InputError(f"data file {source} is binary, not text (it contains NUL bytes)",
+                         hint=f"give a UTF-8 text {path.suffix} file (is it the right file?)")
+    complete = len(head) < _SNIFF_BYTES
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=complete)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"data file {source} is not UTF-8 text (undecodable byte at offset {exc.start})",
+                         hint=f"give a UTF-8 {path.suffix} file (re-encode it, or check it is the right file)") from None
+    if complete and not text.strip():
+        raise InputError(f"data file {source} is empty (only whitespace)", hint="give a file with at least two records")
+
+
+def check_data_source(cfg: DataConfig) -> None:
+    """:func:`check_data_file` for the training and the validation file."""
+    for source in (cfg.path, cfg.validation_path):
+        if source:
+            check_data_file(source)
 
 
 def load_records(source: str):
@@ -70,19 +116,15 @@ def load_records(source: str):
 
     datasets.disable_progress_bars()
     path = Path(source).expanduser()
+    check_data_file(source)
     try:
         if path.is_file():
             ds = datasets.load_dataset(_builder(path), data_files=str(path), split="train")
-        elif path.exists() or not HUB_ID.match(source):
-            raise InputError(f"data file not found: {source}",
-                             hint="set data.path to a local txt/jsonl/json/csv/parquet file or a hub dataset id")
         else:
             ds = datasets.load_dataset(source, split="train")
-    except InputError:
-        raise
     except Exception as exc:
-        raise InputError(f"could not read dataset {source}: {exc}",
-                         hint="check the file's format (one JSON object per line for .jsonl) or the hub id") from exc
+        raise InputError(f"could not read dataset {source}: {exc}", hint=_READ_HINTS.get(
+            _builder(path) if path.is_file() else "hub", "check the file's format")) from exc
     if len(ds) == 0:
         raise InputError(f"dataset {source} is empty", hint="give a file with at least two records")
     return ds

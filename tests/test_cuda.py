@@ -104,6 +104,24 @@ def test_lora_forward_backward_on_cuda(model_dir):
     assert b_grads and all(float(g.abs().sum()) > 0 for g in b_grads)  # B starts at zero: its gradient is not
 
 
+def test_torchao_nf4_base_is_converted_on_the_gpu_and_trains(model_dir):
+    pytest.importorskip("torchao", reason="torchao (optional extra) is not installed")
+    from torchao.quantization import NF4Tensor
+
+    from spectra_core.builtins.quantizers import TorchaoNF4Quantizer
+    from spectra_core.training.loss import causal_lm_loss
+    from spectra_core.training.modeling import build_peft_model, lora_modules
+
+    base = TorchaoNF4Quantizer().load(model_dir)
+    weights = [m.weight for m in base.modules() if isinstance(getattr(m, "weight", None), NF4Tensor)]
+    assert weights and all(w.device.type == "cuda" for w in weights)
+    model = build_peft_model(base, make_plan(model_dir))
+    loss, n = causal_lm_loss(model, _batch(model_dir))
+    (loss / n).backward()
+    grads = [layer.lora_B["default"].weight.grad for layer in lora_modules(model).values()]
+    assert grads and all(g is not None and bool(torch.isfinite(g).all()) and float(g.abs().sum()) > 0 for g in grads)
+
+
 @pytest.mark.parametrize("method", ["hybrid", "alors", "sgm"])
 def test_each_method_trains_two_steps_on_cuda_and_exports(method, model_dir, data_file, tmp_path):
     cfg = {"method": method, "model": {"source": str(model_dir)},

@@ -82,7 +82,7 @@ def test_spectrum_is_not_scale_invariant_but_mp_is():
     items = [("a.0.x", w), ("a.1.x", 7 * w)]
     spectrum = [m.score for m in SpectrumScorer().score(ListSource(items)).modules]
     mp = [m.score for m in MPScorer().score(ListSource(items)).modules]
-    assert spectrum[0] == pytest.approx(7 * spectrum[1], rel=1e-9)
+    assert spectrum[0] == pytest.approx(7 * spectrum[1], rel=1e-6)  # float32 Gram products round 7·W differently
     assert mp[0] == pytest.approx(mp[1], rel=1e-6) and mp[0] > 0  # 7·W is rounded to fp32
 
 

@@ -145,7 +145,7 @@ def env_phase(entry: dict[str, Any], deadline: float) -> None:
 
     versions = {}
     for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors", "datasets",
-                 "pydantic", "pluggy", "tokenizers", "pyarrow", "spectra-qlora"):
+                 "pydantic", "pluggy", "tokenizers", "torchao", "pyarrow", "spectra-qlora"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

@@ -11,7 +11,8 @@ There (standard library only; ``benchmarks/gpu/run.sh`` calls it)::
 The machine's image has torch (CUDA 13), accelerate, safetensors, tokenizers, pluggy, typer, rich,
 tqdm, pyyaml, numpy, pyarrow and pandas, but not bitsandbytes, pydantic or datasets, and an older
 transformers; peft is replaced by the pinned one. Versions are the development pins
-(``requirements-dev.txt``), or for dependencies not pinned there, the ones installed in this venv.
+(``requirements-dev.txt``), or for dependencies not pinned there, the ones installed in this venv;
+torchao (the optional ``torchao-nf4`` quantizer) comes too, so its CUDA test runs.
 bitsandbytes is slimmed to its CPU and CUDA 13 libraries (the image's torch is cu130): the full
 wheel alone (43 MB) nearly fills the 64 MiB a run may carry.
 """
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WHEELS = ROOT / ".whl"
 DIGEST = WHEELS / "SOURCES.sha256"
 LIMIT = 64 << 20  # what one device run may carry: working tree + carried paths
-PINNED = ("bitsandbytes", "transformers", "peft", "pydantic", "datasets")
+PINNED = ("bitsandbytes", "transformers", "peft", "pydantic", "datasets", "torchao")
 UNPINNED = ("pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "dill", "multiprocess")
 PLATFORM = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
             *[a for tag in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",

@@ -123,9 +123,9 @@ class TorchaoNF4Quantizer(Quantizer):
         import torch
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(  # on the GPU first: NF4 conversion is much faster there
             model_dir, dtype=_dtype(self.options.compute_dtype), trust_remote_code=trust_remote_code,
-            use_safetensors=True)
+            use_safetensors=True, device_map=device_map())
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and not any(s in name for s in self.options.skip):
                 module.weight = torch.nn.Parameter(to_nf4_weight(module.weight.detach()), requires_grad=False)

@@ -12,8 +12,10 @@ from pydantic import Field
 
 from spectra_core.errors import InputError
 from spectra_core.scores import ModuleScore, Scores
-from spectra_core.spectral.snr import batches, mp_snr, spectrum_snr
-from spectra_core.spectral.spectra import singular_values
+from spectra_core.spectral.phases import phase
+from spectra_core.spectral.slq import probe_seed, spectral_measure
+from spectra_core.spectral.snr import batches, mp_snr, spectrum_snr, spectrum_snr_estimate
+from spectra_core.spectral.spectra import Method, on_workers, one_thread, singular_values
 from spectra_core.spectral.types import module_type
 from spectra_core.strategies import Scorer, StrategyOptions, WeightSource
 
@@ -49,10 +51,17 @@ class SpectralScorer(Scorer):
         self.notes = []
         modules: list[ModuleScore] = []
         for batch in batches(weights):
-            results: list[float | None] = [self.check(name, w) for name, w in batch]
+            with phase("check"), one_thread():
+                results: list[float | None] = [self.check(name, w) for name, w in batch]
             todo = [i for i, r in enumerate(results) if r is None]
-            for i, s in zip(todo, singular_values([batch[i][1] for i in todo], self.options.method)):
-                results[i] = self.formula(batch[i][0], s, tuple(batch[i][1].shape))
+            approx = [i for i in todo if self.approximates(batch[i][1])]
+            exact = [i for i in todo if i not in approx]
+            for i, s in zip(exact, singular_values([batch[i][1] for i in exact], self.exact_method)):
+                with phase("score"):
+                    results[i] = self.formula(batch[i][0], s, tuple(batch[i][1].shape))
+            if approx:
+                for i, r in zip(approx, self.approximate([batch[i] for i in approx])):
+                    results[i] = r
             for (name, w), r in zip(batch, results):
                 if not (math.isnan(r) and self.skip_nan_checks):
                     modules.append(ModuleScore(name=name, type=module_type(name), score=r, shape=tuple(w.shape)))
@@ -68,6 +77,17 @@ class SpectralScorer(Scorer):
     def formula(self, name: str, s: torch.Tensor, shape: tuple[int, int]) -> float:
         raise NotImplementedError
 
+    @property
+    def exact_method(self) -> Method:
+        return self.options.method
+
+    def approximates(self, w: torch.Tensor) -> bool:
+        """True when ``w`` is scored by :meth:`approximate` instead of exact singular values."""
+        return False
+
+    def approximate(self, items: list[tuple[str, torch.Tensor]]) -> list[float]:
+        raise NotImplementedError
+
 
 class SpectrumScorer(SpectralScorer):
     """Spectrum's SNR recipe, reproducing the reference tool's numbers (not scale-invariant)."""
@@ -78,7 +98,35 @@ class SpectrumScorer(SpectralScorer):
         variant: Literal["legacy", "current"] = Field(
             default="legacy", description="legacy: zero noise → inf, bad weights are errors; "
                                           "current: zero noise counts as 1.0, bad weights score NaN.")
-        method: Literal["auto", "gram", "svd"] = Field(default="auto", description="How singular values are computed.")
+        method: Literal["auto", "gram", "svd", "slq"] = Field(
+            default="auto", description="How singular values are computed; slq: approximate (stochastic "
+                                        "Lanczos quadrature) for matrices whose smaller side is ≥ exact_below.")
+        probes: int = Field(default=16, ge=1, description="slq: random probe vectors per matrix.")
+        lanczos_steps: int = Field(default=64, ge=2, description="slq: Lanczos steps (quadrature nodes) per probe.")
+        exact_below: int = Field(default=1024, ge=0, description="slq: matrices with a smaller side below "
+                                                                 "this are scored exactly (cheap there).")
+        seed: int = Field(default=0, description="slq: seed of the probe vectors (per matrix, by name).")
+
+    @property
+    def exact_method(self) -> Method:
+        return "auto" if self.options.method == "slq" else self.options.method
+
+    def approximates(self, w: torch.Tensor) -> bool:
+        return self.options.method == "slq" and min(w.shape) >= max(2, self.options.exact_below)
+
+    def approximate(self, items: list[tuple[str, torch.Tensor]]) -> list[float]:
+        o = self.options
+        out = [math.nan] * len(items)
+
+        def run(i: int) -> None:
+            name, w = items[i]
+            with phase("approx"):
+                nodes, weights = spectral_measure(w, o.probes, o.lanczos_steps, probe_seed(o.seed, name))
+            with phase("score"):
+                out[i] = spectrum_snr_estimate(nodes, weights, tuple(w.shape), o.variant)
+
+        on_workers([lambda i=i: run(i) for i in range(len(items))])
+        return out
 
     def check(self, name: str, w: torch.Tensor) -> float | None:
         if not bool(torch.isfinite(w).all()):

@@ -22,8 +22,11 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; user errors print a message and exit 2, without a traceback."""
+    from spectra_core.spectral.phases import phase
+
     quiet_known_noise()
-    _register()
+    with phase("import"):
+        _register()
     try:
         app(args=argv)  # standalone: usage errors print click's message and exit 2
     except SpectraError as exc:

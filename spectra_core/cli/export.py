@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from spectra_core.atomic import check_writable, clean_leftovers
 from spectra_core.errors import ConfigError
 from spectra_core.registry import Registry
 from spectra_core.strategies import Exporter
@@ -27,6 +28,8 @@ def export(
     registry = get_registry()
     run = Run.load(run_dir, registry=registry)
     exporters = select_exporters(run.config, only or [], registry)
+    check_writable(Path(run_dir) / "exports", "export directory")
+    clean_leftovers(Path(run_dir) / "exports")  # what a killed export left behind
     for exporter in exporters:
         typer.echo(f"{exporter.name}: exporting ...")
         path = exporter.export(run, Path(run_dir) / "exports" / exporter.default_dirname)

@@ -13,10 +13,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from spectra_core.atomic import write_text
-from spectra_core.errors import ConfigError
+from spectra_core.atomic import atomic_dir, check_output_file, check_writable, clean_leftovers, write_text
+from spectra_core.errors import ConfigError, InputError
 from spectra_core.scores import Scores
 from spectra_core.spectral.formats import load_scores, to_flat, unfrozen_yaml
+from spectra_core.spectral import phases
 from spectra_core.spectral.heatmap import write_heatmap
 from spectra_core.spectral.scan import run_scan
 from spectra_core.spectral.selection import (Selection, check_percent, lora_target_regex, lora_targets,
@@ -62,6 +63,26 @@ def _console() -> Console:
     return Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
+SCAN_FILES = re.compile(r"^(scores\.json|snr_results\.json|selection\.json|heatmap\.png|"
+                        r"unfrozen_parameters_[0-9.e+-]+percent\.yaml)$")
+
+
+def check_scan_dir(out: Path) -> None:
+    """Refuse an --out that a scan cannot (or must not) replace: a file, a directory holding other
+    files than a scan's, an unwritable location. Leftovers of killed scans beside it are removed."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; a scan writes a directory",
+                         hint="give --out a directory path (new, or an earlier scan's directory to replace)")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not SCAN_FILES.match(p.name))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+            raise InputError(f"--out {out} holds files that are not a scan's ({shown}); a scan replaces its "
+                             "whole output directory", hint="give --out a new directory, or an earlier scan's")
+    check_writable(out, "--out")
+    clean_leftovers(out.parent)
+
+
 def _slug(model: str) -> str:
     name = Path(model.split(":", 1)[-1]).name or "model"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem if name.endswith((".gguf", ".safetensors")) else name)
@@ -79,9 +100,13 @@ def scan(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if a cached result exists."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or table."),
     device: str = typer.Option("auto", "--device", help="Compute spectra on: auto (GPU if available), cpu, cuda, cuda:N."),
+    timings: bool = typer.Option(False, "--timings", help="Print where the time went, per phase, to stderr."),
 ) -> None:
-    """Score every weight matrix; write scores.json, snr_results.json, the YAML, selection.json, heatmap.png."""
+    """Score every weight matrix; write scores.json, snr_results.json, the YAML, selection.json, heatmap.png
+    (together: they appear in --out at once, replacing an earlier scan there, or not at all)."""
     check_percent(percent)
+    out = out or Path("scans") / _slug(model)
+    check_scan_dir(out)
     options = _parse_options(option, variant)
     try:
         result = run_scan(model, scorer, options, types=_split(types), use_cache=not no_cache, progress=not quiet,
@@ -97,9 +122,13 @@ def scan(
     scores = reference_order(result.scores)
     if not scores.modules:
         raise ConfigError(f"scorer {scorer!r} scored no module of {model}", hint="; ".join(result.notes[:3]) or None)
-    selection = top_percent(scores, percent)
-    targets = lora_targets(selection)
-    out = out or Path("scans") / _slug(model)
+    if not types and all(m.shape is not None and m.shape[0] == 1 for m in scores.modules):
+        raise InputError(f"{model} holds no 2-D weight matrix (only 1-D tensors such as norms and biases): "
+                         "nothing LoRA could adapt", hint="scan the full checkpoint (the files with the linear "
+                                                          "layers' weights)")
+    with phases.phase("selection"):
+        selection = top_percent(scores, percent)
+        targets = lora_targets(selection)
     pct = f"{percent:g}"
     files = {
         "scores.json": scores.to_json(),
@@ -110,9 +139,10 @@ def scan(
             "selected": {t: [m.name for m in ms] for t, ms in selection.items()},
             "lora_targets": targets, "lora_target_regex": lora_target_regex(targets)}, indent=2) + "\n",
     }
-    for name, text in files.items():
-        write_text(out / name, text)
-    write_heatmap(scores, selection, out / "heatmap.png", title=f"{_slug(model)}: {scorer}, top {pct}%")
+    with phases.phase("write"), atomic_dir(out) as tmp:
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        write_heatmap(scores, selection, tmp / "heatmap.png", title=f"{_slug(model)}: {scorer}, top {pct}%")
     console = _console()
     if not quiet:
         how = "cached" if result.cached else f"{result.seconds:.1f} s, {result.world_size} process(es)"
@@ -120,6 +150,8 @@ def scan(
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     console.print(f"wrote {out}/ ({', '.join([*files, 'heatmap.png'])})", highlight=False)
+    if timings:
+        console.print(phases.table(phases.snapshot()), highlight=False, markup=False)
 
 
 @app.command()
@@ -130,6 +162,10 @@ def select(
 ) -> None:
     """Top-percent selection per type from an existing result file (file order breaks ties)."""
     check_percent(percent)
+    if out is not None and out.is_dir():
+        out = out / f"unfrozen_parameters_{percent:g}percent.yaml"  # the reference tool's file name
+    if out is not None:
+        check_output_file(out, "--out")
     scores = load_scores(snr_json)
     selection = top_percent(scores, percent)
     text = unfrozen_yaml(selection)

@@ -6,10 +6,13 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from spectra_core.atomic import check_output_file
 
 from .app import app
 
@@ -30,6 +33,8 @@ def plan_cmd(
     from spectra_core.pipeline import Pipeline
     from spectra_core.training.memory import estimate_memory
 
+    if out is not None:
+        check_output_file(out, "--out")
     pipe = Pipeline.from_yaml(config, overrides=overrides or [])
     plan = pipe.plan()
     before = plan.trainable_parameters()
@@ -52,6 +57,8 @@ def plan_cmd(
         table.add_row(*(cells[c] for c in columns))
     console = Console(soft_wrap=True)  # long summary lines stay whole (greppable in logs)
     console.print(table)
+    if note := _head_note(pipe.config.targets, plan):
+        console.print(note, highlight=False)
     for group, members in plan.groups().items():
         console.print(f"group {group}: {', '.join(members)}")
     if pipe.rescoring:
@@ -70,6 +77,15 @@ def plan_cmd(
     if out is not None:
         plan.save(out)
         console.print(f"plan written to {out}")
+
+
+def _head_note(targets: Any, plan: Any) -> str | None:
+    """Say so when a user's ``targets.exclude`` replaced the default ``[lm_head]`` and the head is now a target."""
+    heads = [n for n in plan.modules if n.split(".")[-1] == "lm_head"]
+    if "exclude" not in targets.model_fields_set or not heads:
+        return None
+    return (f"note: targets.exclude {targets.exclude} replaces the default ['lm_head'], so the output head "
+            f"{heads[0]} is a target; add 'lm_head' to targets.exclude to keep it frozen")
 
 
 def _tiers(mods: list) -> str:
@@ -91,13 +107,21 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in output_dir."),
 ) -> None:
     """Scan, plan, train and export. Prints held-out loss before/after and where everything went."""
+    from spectra_core.data import check_data_source
     from spectra_core.pipeline import Pipeline
+    from spectra_core.rundir import check_flags, check_output_dir, recover
     from spectra_core.training.trainer import TrainingInterrupted
 
     from .summary import train_summary
 
     started = time.perf_counter()
+    check_flags(resume=resume, overwrite=overwrite)
     pipe = Pipeline.from_yaml(config, overrides=overrides or [])
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        recover(pipe.output_dir)
+    check_output_dir(pipe.output_dir, resume=resume, overwrite=overwrite)
+    if pipe.config.data is not None:
+        check_data_source(pipe.config.data)
     try:
         run = pipe.train(resume=resume, overwrite=overwrite)
     except TrainingInterrupted as exc:

@@ -35,6 +35,7 @@ def write_adapter(run: RunArtifacts, directory: Path) -> None:
     if missing:
         raise InputError(f"{final} is not a PEFT adapter directory (missing {', '.join(missing)})",
                          hint="re-run training, or resume it so that final/ is written")
+    check_adapter(final, run.plan)  # name final/, not the temp directory it is copied to
     for name in ADAPTER_FILES:
         shutil.copy2(final / name, directory / name)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from spectra_core.errors import InputError
+from spectra_core.spectral.phases import phase
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -82,6 +83,11 @@ def read_header(path: Path) -> list[TensorInfo]:
 
 def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Read one tensor from disk into its own memory."""
+    with phase("read"):
+        return _read(info)
+
+
+def _read(info: TensorInfo) -> torch.Tensor:
     dtype = DTYPES[info.dtype]
     buf = torch.empty(info.end - info.start, dtype=torch.uint8)
     with info.file.open("rb") as fh:

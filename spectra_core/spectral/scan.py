@@ -18,6 +18,7 @@ from spectra_core.registry import get_registry
 from spectra_core.scores import Scores
 from spectra_core.strategies import Scorer, checked_scores
 from spectra_core.spectral import cache
+from spectra_core.spectral.phases import phase
 from spectra_core.spectral.sources import EntrySource, open_weights
 from spectra_core.spectral.types import module_type
 
@@ -115,10 +116,16 @@ def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, A
     """
     start = time.perf_counter()
     where = scan_device(device)
-    strategy = scorer if isinstance(scorer, Scorer) else get_registry().create("scorer", scorer, options or {})
+    if isinstance(scorer, Scorer):
+        strategy = scorer
+    else:
+        with phase("import"):  # the first call loads every plugin's entry point
+            registry = get_registry()
+        strategy = registry.create("scorer", scorer, options or {})
     source = filter_types(open_weights(model, names), types)
     opts = strategy.options.model_dump()
-    key = cache.cache_key(source.fingerprint, strategy.name, opts, source.names())
+    key = cache.cache_key(source.fingerprint, strategy.name, opts, source.names(),
+                          code=cache.code_identity(type(strategy)))
     rank, world = _distributed()
     if use_cache and (hit := cache.load_cached(key)) is not None:
         return ScanResult(hit, cached=True, seconds=time.perf_counter() - start, world_size=world)
@@ -134,7 +141,8 @@ def run_scan(model: Any, scorer: str | Scorer = "spectrum", options: dict[str, A
         part, notes = _gather(part, notes, world)
     scores = _in_order(part, source.names(), source.fingerprint)
     if use_cache and rank == 0:
-        cache.store(key, scores)
+        with phase("write"):
+            cache.store(key, scores)
     return ScanResult(scores, notes, seconds=time.perf_counter() - start, world_size=world)
 
 

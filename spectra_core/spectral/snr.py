@@ -21,13 +21,19 @@ def spectrum_snr(s: torch.Tensor, shape: tuple[int, int], variant: Variant = "le
     ``legacy``: a zero noise sum gives ``inf``; ``current``: it counts as 1.0 (so norms score 1.0).
     """
     s = s.to(torch.float64)
-    smax = float(s[0])
     q = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=torch.float64))
-    sigma = float(q[1] - q[0]) / 1.349
+    threshold = spectrum_threshold(float(q[0]), float(q[1]), shape)
+    return spectrum_ratio(float(s[s > threshold].sum()), float(s[s <= threshold].sum()), float(s[0]), variant)
+
+
+def spectrum_threshold(q25: float, q75: float, shape: tuple[int, int]) -> float:
+    """τ = IQR/1.349 · (1 + √β): the reference's noise threshold on singular values."""
     n, m = shape
-    threshold = sigma * (1 + math.sqrt(min(n, m) / max(n, m)))
-    signal = float(s[s > threshold].sum())
-    noise = float(s[s <= threshold].sum())
+    return (q75 - q25) / 1.349 * (1 + math.sqrt(min(n, m) / max(n, m)))
+
+
+def spectrum_ratio(signal: float, noise: float, smax: float, variant: Variant) -> float:
+    """(signal / noise) / σ_max with the reference's rules for a zero noise sum or a zero matrix."""
     if noise == 0:
         if variant == "legacy":
             return math.inf
@@ -36,6 +42,18 @@ def spectrum_snr(s: torch.Tensor, shape: tuple[int, int], variant: Variant = "le
     if smax == 0:
         return math.nan if snr == 0 else math.inf
     return snr / smax
+
+
+def spectrum_snr_estimate(nodes: torch.Tensor, weights: torch.Tensor, shape: tuple[int, int],
+                          variant: Variant = "legacy") -> float:
+    """Spectrum's score from an atomic estimate of the singular-value distribution (see :mod:`.slq`):
+    the same formula with quantiles, partial sums and σ_max read from the measure."""
+    from .slq import measure_quantile, partial_sums
+
+    threshold = spectrum_threshold(measure_quantile(nodes, weights, 0.25),
+                                   measure_quantile(nodes, weights, 0.75), shape)
+    signal, noise = partial_sums(nodes, weights, threshold)  # min(n, m) × both: it cancels in the ratio
+    return spectrum_ratio(signal, noise, float(nodes[-1]), variant)
 
 
 @lru_cache(maxsize=256)

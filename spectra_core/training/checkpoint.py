@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_dir
 from ..errors import InputError
 from ..plan import AdapterPlan
+from ..rundir import list_checkpoints
 
-STEP_DIR = re.compile(r"^step-(\d{8})$")
 FORMAT = 1
 
 
@@ -41,15 +40,6 @@ class TrainState:
 
 def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step-{step:08d}"
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (hidden temp dirs are ignored)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name) and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: p.name)
 
 
 def _lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from ..data import TokenizedData, collate, load_data, micro_batch_indices
 from ..errors import InputError, TrainingError
 from ..plan import AdapterPlan
 from ..run import Run
+from ..rundir import Replacement, check_output_dir, recover
 from ..scores import Scores
 from . import checkpoint as ckpt
 from .distributed import all_reduce_grads, all_reduce_sum, barrier, make_accelerator
@@ -35,8 +35,6 @@ from .session import Session
 
 log = logging.getLogger(__name__)
 
-RUN_ENTRIES = ("config.yaml", "scores.json", "plan.json", "metrics.jsonl", "checkpoints", "final", "exports",
-               TRACKER_DIR, "wandb")
 # Keys that may differ on --resume: they change bookkeeping, not the trained weights.
 RUNTIME_KEYS = ("output_dir", "exporters", "training.eval_every", "training.eval_batches", "training.save_every",
                 "training.keep_checkpoints", "training.log_every", "training.report_to")
@@ -83,41 +81,28 @@ class Trainer:
         self.scores = scores
         self.run_dir = Path(pipeline.output_dir)
         self._signal: int | None = None
+        self._replacement: Replacement | None = None
 
     # ----- run directory -------------------------------------------------------------------------
-    def _holds_run(self) -> bool:
-        return any((self.run_dir / e).exists() for e in RUN_ENTRIES)
-
     def _prepare_dir(self, resume: bool, overwrite: bool, is_main: bool) -> Path | None:
-        """Check/clear the output dir; on resume, check the config and return the newest checkpoint."""
+        """Check the output dir (nothing is moved or deleted here); on resume, check the config and
+        return the newest checkpoint."""
+        if is_main:
+            recover(self.run_dir)
+        barrier()
+        check_output_dir(self.run_dir, resume=resume, overwrite=overwrite)
         if resume:
-            saved_path = self.run_dir / "config.yaml"
-            if not saved_path.is_file():
-                raise TrainingError(f"nothing to resume in {self.run_dir} (no config.yaml)",
-                                    hint="start the run without --resume")
-            diff = config_diff(yaml.safe_load(saved_path.read_text(encoding="utf-8")),
+            diff = config_diff(yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")),
                                self.config.model_dump(mode="json"))
             if diff:
                 raise TrainingError("cannot resume: the config differs from the run's config.yaml:\n" + "\n".join(diff),
                                     hint="restore the original values, or start over with --overwrite")
             found = ckpt.list_checkpoints(self.run_dir / "checkpoints")
             if self.plan is None:
-                self.plan = ckpt.read_plan(found[-1]) if found else AdapterPlan.load(self.run_dir / "plan.json")
+                self.plan = ckpt.read_plan(found[-1])
             if self.scores is None and (self.run_dir / "scores.json").is_file():
                 self.scores = Scores.load(self.run_dir / "scores.json")
-            return found[-1] if found else None
-        if self._holds_run():
-            if not overwrite:
-                raise TrainingError(f"output directory {self.run_dir} already holds a run",
-                                    hint="pass --resume to continue it or --overwrite to replace it "
-                                         "(or set output_dir elsewhere)")
-            if is_main:
-                for entry in RUN_ENTRIES:
-                    path = self.run_dir / entry
-                    if path.is_dir():
-                        shutil.rmtree(path)
-                    elif path.exists():
-                        path.unlink()
+            return found[-1]
         if self.plan is None:
             raise TrainingError("no adapter plan given", hint="call Pipeline.train(), which plans first")
         return None
@@ -199,6 +184,16 @@ class Trainer:
         model.to(acc.device)
         model.train()
         optimizer = make_optimizer(model, self.plan, self.tcfg.learning_rate, self.tcfg.weight_decay)
+        # Everything checkable was checked: only now is an earlier run moved aside (restored on failure).
+        self._replacement = Replacement(self.run_dir).begin() if start_ckpt is None and is_main else None
+        try:
+            return self._train(model, optimizer, start_ckpt, is_main)
+        except BaseException:
+            if self._replacement is not None:
+                self._replacement.rollback()
+            raise
+
+    def _train(self, model: Any, optimizer: torch.optim.Optimizer, start_ckpt: Path | None, is_main: bool) -> Run:
         merger = self.pipeline.gradient_merger
         session = Session(model, self.plan, optimizer, batches=self._calibration, lr=self.tcfg.learning_rate,
                           weight_decay=self.tcfg.weight_decay, seed=self.tcfg.seed, run_dir=self.run_dir,
@@ -230,6 +225,7 @@ class Trainer:
             with atomic_dir(self.run_dir / "final") as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
             self.plan.save(self.run_dir / "plan.json")
+            self._commit()
         barrier()
         model.eval()
         return Run(self.run_dir, self.config, self.plan, self.scores, model=model, registry=self.pipeline.registry)
@@ -314,12 +310,26 @@ class Trainer:
         if is_main:
             ckpt.save_checkpoint(self.run_dir / "checkpoints", model, optimizer, state, self.plan,
                                  schedule=schedule, keep=self.tcfg.keep_checkpoints)
+            self._commit()
         barrier()
         return path
 
+    def _commit(self) -> None:
+        """The new run has its first checkpoint (or final adapter): drop the run it replaced."""
+        if self._replacement is not None:
+            self._replacement.commit()
+
     def _fail_nan(self, step: int, what: str = "loss") -> None:
+        from ..models import nonfinite_weights
+
+        bad = nonfinite_weights(self.pipeline.model_dir())
+        if bad:
+            raise InputError(f"the base model's weights hold NaN/Inf values ({len(bad)} tensor(s): "
+                             f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}), so the {what} is NaN "
+                             f"from step {step}", hint=f"fix or re-download the checkpoint in {self.pipeline.model_dir()}")
         found = ckpt.list_checkpoints(self.run_dir / "checkpoints")
-        last = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+        last = (f"the last good checkpoint is {found[-1]}" if found
+                else "no checkpoint was written yet, so the output directory was left as it was")
         raise TrainingError(f"training stopped: the {what} became NaN/inf at step {step}; {last}",
-                            hint="lower training.learning_rate, keep training.max_grad_norm set, "
-                                 "or check the data; then --resume or --overwrite")
+                            hint="lower training.learning_rate, keep training.max_grad_norm set, or check the data; "
+                                 "then " + ("--resume or --overwrite" if found else "run the command again"))

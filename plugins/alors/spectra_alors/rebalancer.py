@@ -59,7 +59,7 @@ def energy_rank(spectrum: torch.Tensor, fraction: float) -> int:
     if float(energy.sum()) == 0.0:
         return 0
     share = torch.cumsum(energy, 0) / energy.sum()
-    return int(torch.searchsorted(share, torch.tensor(fraction - 1e-12, dtype=share.dtype))) + 1
+    return int(torch.searchsorted(share, share.new_tensor(fraction - 1e-12))) + 1  # same device (CUDA)
 
 
 class AlorsResize(RescoringRebalancer):
