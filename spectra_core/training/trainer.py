@@ -165,9 +165,7 @@ class Trainer:
         self.device = acc.device
         start_ckpt = self._prepare_dir(resume, overwrite, is_main)
         barrier()
-        if trackers:
-            acc.init_trackers(PROJECT, config=tracker_config(self.config.model_dump(mode="json")),
-                              init_kwargs={"wandb": {"dir": str(self.run_dir), "name": self.run_dir.name}})
+        self.accelerator = acc
         torch.manual_seed(self.tcfg.seed)
 
         from transformers import AutoTokenizer
@@ -194,6 +192,9 @@ class Trainer:
             raise
 
     def _train(self, model: Any, optimizer: torch.optim.Optimizer, start_ckpt: Path | None, is_main: bool) -> Run:
+        if self.accelerator.log_with:  # after an earlier run was moved aside, so its tracker files are not reused
+            self.accelerator.init_trackers(PROJECT, config=tracker_config(self.config.model_dump(mode="json")),
+                                           init_kwargs={"wandb": {"dir": str(self.run_dir), "name": self.run_dir.name}})
         merger = self.pipeline.gradient_merger
         session = Session(model, self.plan, optimizer, batches=self._calibration, lr=self.tcfg.learning_rate,
                           weight_decay=self.tcfg.weight_decay, seed=self.tcfg.seed, run_dir=self.run_dir,
@@ -208,7 +209,7 @@ class Trainer:
             log.info("resumed from %s (step %d)", start_ckpt, state.step)
         elif is_main:
             self._write_inputs()
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=is_main, accelerator=acc,
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=is_main, accelerator=self.accelerator,
                              resume_step=state.step if start_ckpt is not None else None)
         if start_ckpt is None:
             stats = {k: vars(v) for k, v in self.data.stats.items()}
