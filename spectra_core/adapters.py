@@ -7,7 +7,7 @@ a group's shared LoRA, merge into the base, keep ``peft_config`` in step with th
 
 A plan entry adapts either a linear *module* (``kind: module``, peft ``target_modules``) or a bare
 *parameter* (``kind: parameter``, peft ``target_parameters``, e.g. 3-D MoE expert weights); both are
-reached through the same handle. Resizing a parameter target is refused for now (see :func:`resize`).
+reached through the same handle; a fused expert tensor carries one LoRA per expert, resized expert by expert.
 """
 
 from __future__ import annotations
@@ -67,15 +67,25 @@ def inject(base: torch.nn.Module, plan: AdapterPlan, *, seed: int = 0, config: d
     plan's groups are tied and requires_grad follows the plan (inactive LoRA frozen)."""
     from peft import get_peft_model
 
-    config = config or {}
+    config = {"fan_in_fan_out": stores_in_out(base, plan), **(config or {})}
     torch.manual_seed(seed)
     model = get_peft_model(base, lora_config(plan, **config),
                            low_cpu_mem_usage="eva_config" in config)  # EVA fills the weights (peft's advice)
     if initialize is not None:
         initialize(model)
+    drop_stale_factor_proxies(model)
     tie_groups(model, plan)
     set_trainable(model, plan)
     return model
+
+
+def stores_in_out(base: torch.nn.Module, plan: AdapterPlan) -> bool:
+    """True when the plan adapts GPT-2-style ``Conv1D`` layers (weights stored ``in × out``: peft's
+    ``fan_in_fan_out``). A quantized base holds them as ``out × in`` 4-bit linears instead."""
+    from transformers.pytorch_utils import Conv1D
+
+    modules = dict(base.named_modules())
+    return any(isinstance(modules.get(m.name), Conv1D) for m in plan.injected() if m.kind == "module")
 
 
 def load(base: torch.nn.Module, directory: Any, plan: AdapterPlan) -> Any:
@@ -83,8 +93,30 @@ def load(base: torch.nn.Module, directory: Any, plan: AdapterPlan) -> Any:
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(base, directory, is_trainable=False)
+    drop_stale_factor_proxies(model)
     tie_groups(model, plan)
     return model
+
+
+def drop_stale_factor_proxies(model: torch.nn.Module) -> int:
+    """Work around peft 0.21.2 on a parametrized expert tensor (bitsandbytes 4-bit experts): after each
+    forward its ``ParamWrapper`` removes only a ``_LoraParameterProxy``, so the ``_LoraFactorsProxy`` it
+    registers for fused experts would stay and pile up, one more each forward. A forward hook on each such
+    wrapper removes it. Returns the number of wrappers hooked (0 on float experts, where peft cleans up)."""
+    from peft.tuners.lora.layer import ParamWrapper, _LoraFactorsProxy
+
+    def drop(layer: torch.nn.Module, *_: Any) -> None:
+        chain = layer.get_base_layer().parametrizations.get(layer.parameter_name, [])
+        for i in reversed(range(len(chain))):
+            if isinstance(chain[i], _LoraFactorsProxy):
+                del chain[i]
+
+    hooked = 0
+    for layer in model.modules():
+        if isinstance(layer, ParamWrapper) and hasattr(layer.get_base_layer(), "parametrizations"):
+            layer.register_forward_hook(drop)
+            hooked += 1
+    return hooked
 
 
 def merged_model(base: torch.nn.Module, directory: Any) -> Any:
@@ -141,9 +173,9 @@ def set_trainable(model: torch.nn.Module, plan: AdapterPlan) -> None:
 def check_plan(plan: AdapterPlan, model: torch.nn.Module) -> None:
     """Every injected module exists in ``model`` (before injection), and its rank fits its shape."""
     modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
     for m in plan.injected():
-        found = modules.get(m.name) if m.kind == "module" else params.get(m.name)
+        owner, _, attr = m.name.rpartition(".")
+        found = modules.get(m.name) if m.kind == "module" else getattr(modules.get(owner), attr, None)  # parametrized too
         if found is None:
             raise InputError(f"plan {m.kind} {m.name!r} is not in the model",
                              hint="re-run `spectra plan` for this model (the plan was made for another one)")
@@ -169,13 +201,16 @@ def base_weight(layer: torch.nn.Module) -> torch.Tensor:
     """The frozen base weight as float32 (4-bit bases dequantized; a parameter target's own tensor)."""
     if hasattr(layer, "get_param"):
         return layer.get_param().detach().float()
-    return dense_weight(layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer).float()
+    weight = dense_weight(layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer).float()
+    return weight.T if getattr(layer, "fan_in_fan_out", False) else weight
 
 
 @torch.no_grad()
 def delta(layer: torch.nn.Module) -> torch.Tensor:
-    """The LoRA update ``scaling · B · A`` in the base weight's layout, float32 (peft's own formula)."""
-    return layer.get_delta_weight(ADAPTER).float()
+    """The LoRA update ``scaling · B · A`` in the base weight's layout (``out × in`` for a Conv1D too;
+    a parameter target's own layout), float32 (peft's own formula)."""
+    update = layer.get_delta_weight(ADAPTER).float()
+    return update.T if getattr(layer, "fan_in_fan_out", False) else update
 
 
 @torch.no_grad()
@@ -194,9 +229,13 @@ def factored_svd(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def update_singular_values(layer: torch.nn.Module) -> torch.Tensor:
-    """Singular values of the update ``scaling · B · A`` (float64, descending)."""
+    """Singular values of the update ``scaling · B · A`` (float64, descending). Fused experts: per rank
+    index, the root sum of squares over the experts' own singular values (the energy the top-k
+    directions of every expert hold)."""
     f = factors(layer)
-    return factored_svd(f["B"].detach(), f["A"].detach())[1] * abs(scaling(layer))
+    parts = zip(*expert_factors(f["A"].detach(), f["B"].detach(), experts_of(layer)))
+    spectra = torch.stack([factored_svd(b, a)[1] for a, b in parts])
+    return spectra.square().sum(0).sqrt() * abs(scaling(layer))
 
 
 class AdapterHandle:
@@ -293,45 +332,81 @@ def resize(layer: torch.nn.Module, rank: int, alpha: float, *, use_rslora: bool,
     Adam moments follow into the new basis: with ``A' = P_A·A`` and ``B' = B·P_B`` the gradients are
     ``dA' = (s'/s)·P_Bᵀ·dA`` and ``dB' = (s'/s)·dB·P_Aᵀ``; first moments are mapped by those
     matrices, second moments by their element-wise squares (diagonal approximation; exact for growth).
+    A fused expert tensor (peft ``target_parameters``) has each expert's LoRA resized on its own, all to ``rank``.
     """
-    if hasattr(layer, "get_param"):
-        raise InputError("resizing the LoRA of a parameter target (peft target_parameters) is not supported",
-                         hint="keep the rank of parameter targets fixed (e.g. exclude them from the rebalancer)")
     lin_a, lin_b = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
     a, b = lin_a.weight.detach(), lin_b.weight.detach()
-    old, (out_f, in_f) = a.shape[0], (b.shape[0], a.shape[1])
+    experts = experts_of(layer)
+    old, (out_f, in_f) = a.shape[0] // experts, (b.shape[0], a.shape[1])
     if not 0 < rank <= min(out_f, in_f):
         raise InputError(f"cannot resize a LoRA on a {out_f}×{in_f} weight to rank {rank}: "
                          f"a rank must be between 1 and {min(out_f, in_f)}", hint="lower the requested rank")
     s_old, s_new = scaling(layer), lora_scaling(alpha, rank, use_rslora)
     c = math.sqrt(s_old / s_new)
+    parts = [_resized(a_e, b_e, rank, c, generator) for a_e, b_e in zip(*expert_factors(a, b, experts))]
+    new_a = torch.cat([p.a for p in parts])
+    new_b = torch.stack([p.b for p in parts], dim=-1).reshape(out_f, rank * experts)
+    kept, total = sum(p.kept for p in parts), sum(p.total for p in parts)
+    ratio = s_new / s_old
+
+    def map_a(m: torch.Tensor, sq: bool) -> torch.Tensor:
+        return torch.cat([(ratio * p.p_b.T) ** (2 if sq else 1) @ m_e for p, m_e in zip(parts, m.reshape(experts, old, in_f))])
+
+    def map_b(m: torch.Tensor, sq: bool) -> torch.Tensor:
+        blocks = [m_e @ (ratio * p.p_a.T) ** (2 if sq else 1) for p, m_e in zip(parts, m.reshape(out_f, old, experts).unbind(-1))]
+        return torch.stack(blocks, dim=-1).reshape(out_f, rank * experts)
+
+    _replace(lin_a, new_a, optimizer, map_a)
+    _replace(lin_b, new_b, optimizer, map_b)
+    lin_a.out_features = lin_b.in_features = rank * experts
+    layer.r[ADAPTER], layer.lora_alpha[ADAPTER], layer.scaling[ADAPTER] = rank, alpha, s_new
+    return Resized(old_rank=old, new_rank=rank, energy_kept=kept / total if total else 1.0)
+
+
+def experts_of(layer: torch.nn.Module) -> int:
+    """Experts sharing one LoRA layer: a fused 3-D parameter target's expert count, else 1."""
+    return int(getattr(layer, "num_experts", 1)) if hasattr(layer, "get_param") else 1
+
+
+def expert_factors(a: torch.Tensor, b: torch.Tensor, experts: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each expert's ``(A_e, B_e)`` in peft's fused layout: A rows expert-major (``[E, r, in]``), B columns
+    rank-major (``[out, r, E]``). One expert: the factors themselves."""
+    return list(a.reshape(experts, -1, a.shape[-1])), list(b.reshape(b.shape[0], -1, experts).unbind(-1))
+
+
+@dataclass(frozen=True)
+class _Factors:
+    """One expert's resized factors, the maps of its old factors onto them, and the update's energy."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    p_a: torch.Tensor
+    p_b: torch.Tensor
+    kept: float
+    total: float
+
+
+def _resized(a: torch.Tensor, b: torch.Tensor, rank: int, c: float, generator: torch.Generator | None) -> _Factors:
+    """The rank-``rank`` factors of one LoRA ``B·A`` (both scaled by ``c``): see :func:`resize`."""
+    old, (out_f, in_f) = a.shape[0], (b.shape[0], a.shape[1])
     eye = c * torch.eye(rank, old, dtype=torch.float64, device=a.device)
-    energy = 1.0
     if rank >= old:
+        energy = float(((b.double() @ a.double()) ** 2).sum())
         new_a = torch.cat([c * a.double(), _fresh_rows(rank - old, in_f, generator).to(a.device)])
         new_b = torch.cat([c * b.double(), b.new_zeros(out_f, rank - old, dtype=torch.float64)], dim=1)
-        p_a, p_b = eye, eye.T
-    else:
-        u, s, vh = factored_svd(b, a)
-        total = float((s ** 2).sum())
-        if total == 0.0:  # B = 0 (fresh or parked LoRA): keep the first rows of A, which still learn
-            p_a, p_b = eye, eye.T
-            new_a, new_b = p_a @ a.double(), b.double() @ p_b
-        else:
-            root = s[:rank].sqrt()
-            live = root > root[0] * 1e-6
-            inv = torch.where(live, 1 / root, torch.zeros_like(root))
-            new_b, new_a = c * u[:, :rank] * root * live, c * root[:, None] * vh[:rank]
-            new_a[~live] = _fresh_rows(int((~live).sum()), in_f, generator).to(a.device)
-            p_a = c * (u[:, :rank] * inv).T @ b.double()
-            p_b = c * a.double() @ (vh[:rank].T * inv)
-            energy = float((s[:rank] ** 2).sum()) / total
-    ratio = s_new / s_old
-    _replace(lin_a, new_a, optimizer, lambda m, sq: (ratio * p_b.T) ** (2 if sq else 1) @ m)
-    _replace(lin_b, new_b, optimizer, lambda m, sq: m @ (ratio * p_a.T) ** (2 if sq else 1))
-    lin_a.out_features = lin_b.in_features = rank
-    layer.r[ADAPTER], layer.lora_alpha[ADAPTER], layer.scaling[ADAPTER] = rank, alpha, s_new
-    return Resized(old_rank=old, new_rank=rank, energy_kept=energy)
+        return _Factors(new_a, new_b, eye, eye.T, energy, energy)
+    u, s, vh = factored_svd(b, a)
+    total = float((s ** 2).sum())
+    if total == 0.0:  # B = 0 (fresh or parked LoRA): keep the first rows of A, which still learn
+        return _Factors(eye @ a.double(), b.double() @ eye.T, eye, eye.T, 0.0, 0.0)
+    root = s[:rank].sqrt()
+    live = root > root[0] * 1e-6
+    inv = torch.where(live, 1 / root, torch.zeros_like(root))
+    new_b, new_a = c * u[:, :rank] * root * live, c * root[:, None] * vh[:rank]
+    new_a[~live] = _fresh_rows(int((~live).sum()), in_f, generator).to(a.device)
+    p_a = c * (u[:, :rank] * inv).T @ b.double()
+    p_b = c * a.double() @ (vh[:rank].T * inv)
+    return _Factors(new_a, new_b, p_a, p_b, float((s[:rank] ** 2).sum()), total)
 
 
 def _fresh_rows(n: int, in_f: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -425,10 +500,13 @@ def start_from_mean(layers: list[torch.nn.Module]) -> None:
 
 def is_float_base(layer: torch.nn.Module) -> bool:
     """True when the layer's base weight is a plain float tensor (merging into it is exact)."""
+    from transformers.pytorch_utils import Conv1D
+
     base = layer.get_base_layer()
-    weight = getattr(base, "weight", None)
-    return (isinstance(base, torch.nn.Linear) and type(weight) is torch.nn.Parameter
-            and weight.dtype.is_floating_point and not hasattr(weight, "quant_state"))
+    weight = layer.get_param() if hasattr(layer, "get_param") else getattr(base, "weight", None)
+    return ((hasattr(layer, "get_param") or isinstance(base, (torch.nn.Linear, Conv1D)))
+            and type(weight) is torch.nn.Parameter and weight.dtype.is_floating_point
+            and not hasattr(weight, "quant_state"))
 
 
 def merge_into_base(layer: torch.nn.Module) -> bool:

@@ -103,6 +103,12 @@ def collect_gradient_signals(model: torch.nn.Module, layers: dict[str, torch.nn.
     if missing:
         raise InputError(f"{len(missing)} modules carry no LoRA layer in the model (e.g. {missing[0]})",
                          hint="the plan and the model disagree; re-run `spectra plan`")
+    fused = [n for n in names if hasattr(lora[n], "get_param")]
+    if fused:
+        raise InputError(f"gradient sketches of fused MoE expert tensors are not supported ({len(fused)} asked for, "
+                         f"e.g. {fused[0]}): a hook sees the whole expert block, not each expert's weight",
+                         hint="leave the experts out of calibration (targets.exclude: ['experts']) or use a "
+                              "weight-only scorer (spectrum, mp)")
     device = next(model.parameters()).device
     was_training = model.training
     model.train()
@@ -163,6 +169,6 @@ def first_batches(examples: list[dict[str, list[int]]], *, batch_size: int, seed
 
 def probe_plan(targets: list[TargetModule]) -> AdapterPlan:
     """Every target active with a rank-1 LoRA (peft initialises B = 0: the model is the base)."""
-    modules = {t.name: ModulePlan(name=t.name, type=t.type, shape=(t.out_features, t.in_features), active=True,
+    modules = {t.name: ModulePlan(name=t.name, type=t.type, kind=t.kind, shape=t.shape(), active=True,
                                   rank=CALIBRATION_RANK, alpha=float(CALIBRATION_RANK)) for t in targets}
     return AdapterPlan(allocator="calibration", modules=modules)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import atomic_dir
 from .config import BUNDLED_PREFIX, ModelConfig, TargetsConfig
 from .errors import InputError
-from .spectral.types import module_type
 from .strategies import TargetModule
+from .targets import Survey, check_found, meta_model, survey
 
 if TYPE_CHECKING:
     import torch
@@ -85,29 +84,20 @@ def resolve_model_dir(model: ModelConfig) -> Path:
 
 
 def find_targets(model_dir: Path, targets: TargetsConfig, *, trust_remote_code: bool = False) -> list[TargetModule]:
-    """Every nn.Linear peft can adapt, from the model's config alone (built on the meta device)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Every weight peft can adapt (linear layers, Conv1D, fused MoE experts), from the config alone."""
+    return survey_model(model_dir, targets, trust_remote_code=trust_remote_code).targets
+
+
+def survey_model(model_dir: Path, targets: TargetsConfig, *, trust_remote_code: bool = False) -> Survey:
+    """The model's LoRA targets and every family of its weights (built on the meta device; the weight
+    files' headers are checked against config.json). No target at all is an InputError."""
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    model = meta_model(config, trust_remote_code=trust_remote_code)
     check_weights(model_dir, model)
-    include = [re.compile(p) for p in targets.include] if targets.include else None
-    exclude = [re.compile(p) for p in targets.exclude]
-    found = []
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        if include is not None and not any(p.search(name) for p in include):
-            continue
-        if any(p.search(name) for p in exclude):
-            continue
-        found.append(TargetModule(name=name, type=module_type(name),
-                                  out_features=module.out_features, in_features=module.in_features))
-    if not found:
-        raise InputError(f"no linear module of {model_dir} matches targets include={targets.include} "
-                         f"exclude={targets.exclude}", hint="widen targets.include (regexes over module names)")
+    found = survey(model, targets)
+    check_found(found, targets, model_dir)
     return found
 
 

@@ -34,6 +34,7 @@ from .strategies import (
     TargetModule,
     checked_scores,
 )
+from .targets import Survey
 
 log = logging.getLogger(__name__)
 STAGE_KEY = {"exporter": "exporters"}
@@ -171,18 +172,21 @@ class Pipeline:
             self._model_dir = resolve_model_dir(self.config.model)
         return self._model_dir
 
-    def targets(self) -> list[TargetModule]:
-        from .models import find_targets
+    def survey(self) -> Survey:
+        """The model's LoRA targets and every family of its weights: what is adapted, what is skipped and why."""
+        from .models import survey_model
 
-        return find_targets(self.model_dir(), self.config.targets,
-                            trust_remote_code=self.config.model.trust_remote_code)
+        return survey_model(self.model_dir(), self.config.targets, trust_remote_code=self.config.model.trust_remote_code)
+
+    def targets(self) -> list[TargetModule]:
+        return self.survey().targets
 
     def scan(self, *, progress: bool = True) -> Scores:
         """Score every target module's base weight, streamed from the checkpoint (cached by fingerprint).
 
         A :class:`~spectra_core.strategies.CalibratedScorer` scores a calibration session instead
         (base + probe LoRA + the config's training data; not cached)."""
-        from .spectral.scan import run_scan
+        from .targets import scan_targets
 
         targets = self.targets()
         if isinstance(self.scorer, CalibratedScorer):
@@ -191,14 +195,17 @@ class Pipeline:
             self._scores = checked_scores(self.scorer.score_session(
                 calibration_session(self.config, self.quantizer, self.model_dir(), targets)), self.scorer)
         else:
-            names = [t.name for t in targets]
-            self._scores = run_scan(self.model_dir(), self.scorer, names=names, progress=progress).scores
+            self._scores = scan_targets(self.model_dir(), self.scorer, targets, progress=progress,
+                                        trust_remote_code=self.config.model.trust_remote_code)
         return self._scores
 
     def plan(self, scores: Scores | None = None) -> AdapterPlan:
         """Allocate adapter capacity from the scores (scanning first if none are given)."""
+        from .targets import fit_plan
+
         scores = scores if scores is not None else self.scan()
-        plan = self.allocator.allocate(scores, self.targets())
+        targets = self.targets()
+        plan = fit_plan(self.allocator.allocate(scores, targets), targets)
         if plan.method is None:
             plan.method = self.config.method
         plan.check_init(tied=self.gradient_merger is not None)

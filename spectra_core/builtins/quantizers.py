@@ -19,6 +19,8 @@ from pydantic import Field
 
 from spectra_core.strategies import Quantizer, StrategyOptions
 
+from .coverage import plain_linears, quantize_bnb_experts, quantize_bnb_subclasses
+
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
 NF4_BLOCK = 64
@@ -77,6 +79,7 @@ class BnbNF4Quantizer(Quantizer):
     """bitsandbytes 4-bit NF4 with double quantization (QLoRA)."""
 
     name = "bnb-nf4"
+    quantizes_experts = True  # fused 3-D MoE experts too (bitsandbytes' parameter parametrization)
 
     class Options(StrategyOptions):
         compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -94,6 +97,8 @@ class BnbNF4Quantizer(Quantizer):
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, quantization_config=quant, dtype=compute, device_map=device_map(),
             trust_remote_code=trust_remote_code, use_safetensors=True)
+        quantize_bnb_subclasses(model, quant)  # e.g. Falcon's FalconLinear, which transformers leaves in float
+        quantize_bnb_experts(model, quant)  # fused 3-D MoE experts, not linear layers
         guard_cpu_repack(model)
         # gradient checkpointing is switched on by the trainer (training.gradient_checkpointing),
         # non-reentrant, so frozen layers below the first adapter need no input gradients
@@ -126,6 +131,7 @@ class TorchaoNF4Quantizer(Quantizer):
         model = AutoModelForCausalLM.from_pretrained(  # on the GPU first: NF4 conversion is much faster there
             model_dir, dtype=_dtype(self.options.compute_dtype), trust_remote_code=trust_remote_code,
             use_safetensors=True, device_map=device_map())
+        plain_linears(model, self.options.skip)  # NF4 tensors work in plain nn.Linear only (not Conv1D, FalconLinear)
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and not any(s in name for s in self.options.skip):
                 module.weight = torch.nn.Parameter(to_nf4_weight(module.weight.detach()), requires_grad=False)
@@ -171,6 +177,11 @@ def base_bytes_per_param(quantizer: Quantizer) -> float:
     """Bytes per parameter of a quantized (linear) base weight under ``quantizer``."""
     fn = getattr(quantizer, "bytes_per_param", None)
     return float(fn()) if fn is not None else 4.0
+
+
+def quantizes_experts(quantizer: Quantizer) -> bool:
+    """True when ``quantizer`` stores fused 3-D MoE expert tensors in 4-bit as well (else they stay float)."""
+    return bool(getattr(quantizer, "quantizes_experts", False))
 
 
 def other_bytes_per_param(quantizer: Quantizer) -> float:

@@ -20,6 +20,7 @@ from spectra_core.spectral.formats import load_scores, to_flat, unfrozen_yaml
 from spectra_core.spectral import phases
 from spectra_core.spectral.heatmap import write_heatmap
 from spectra_core.spectral.scan import run_scan
+from spectra_core.targets import checkpoint_source
 from spectra_core.spectral.selection import (Selection, check_percent, lora_target_regex, lora_targets,
                                              reference_order, top_percent)
 
@@ -109,8 +110,8 @@ def scan(
     check_scan_dir(out)
     options = _parse_options(option, variant)
     try:
-        result = run_scan(model, scorer, options, types=_split(types), use_cache=not no_cache, progress=not quiet,
-                          device=device)
+        result = run_scan(checkpoint_source(model), scorer, options, types=_split(types), use_cache=not no_cache,
+                          progress=not quiet, device=device)
     except ValidationError as exc:
         raise ConfigError(f"invalid options for scorer {scorer!r}: {exc.errors()[0]['msg']} "
                           f"({'.'.join(map(str, exc.errors()[0]['loc']))})",

@@ -56,6 +56,12 @@ def plan_cmd(
                  "LoRA params": f"{sum(m.lora_params() for m in mods):,}"}
         table.add_row(*(cells[c] for c in columns))
     console = Console(soft_wrap=True)  # long summary lines stay whole (greppable in logs)
+    survey = pipe.survey()
+    console.print("\n".join(_family_lines(survey)), highlight=False)
+    console.print(f"adaptable: {survey.adaptable_fraction():.1%} of the model's {survey.total_params:,} parameters "
+                  "sit in adapted families", highlight=False)
+    if note := _experts_note(survey, pipe.quantizer):
+        console.print(note, highlight=False)
     console.print(table)
     if note := _head_note(pipe.config.targets, plan):
         console.print(note, highlight=False)
@@ -67,7 +73,8 @@ def plan_cmd(
         console.print(f"shared LoRAs: {before:,} -> {plan.trainable_parameters():,} trainable parameters "
                       f"({plan.trainable_parameters() / before:.2f}x)")
     mem = estimate_memory(pipe.model_dir(), pipe.quantizer, plan, trust_remote_code=pipe.config.model.trust_remote_code)
-    per_rank = sum(sum(m.shape) for m in plan.modules.values())  # LoRA parameters per unit of rank
+    per_rank = sum((m.shape[-2] + m.shape[-1]) * (m.shape[0] if len(m.shape) == 3 else 1)
+                   for m in plan.modules.values())  # LoRA parameters per unit of rank
     console.print(f"trainable parameters: {plan.trainable_parameters():,} "
                   f"({len(plan.active())} of {len(plan.modules)} modules active) = a uniform LoRA of rank "
                   f"{plan.trainable_parameters() / per_rank:.2f} on every target")
@@ -77,6 +84,35 @@ def plan_cmd(
     if out is not None:
         plan.save(out)
         console.print(f"plan written to {out}")
+
+
+def _family_lines(survey: Any) -> list[str]:
+    """Every family of the model's weights, one plain line each: adapted, or skipped with the reason."""
+    rows = survey.rows()
+    width = max(len(r["type"]) for r in rows)
+    layer = max(len(r["layer"]) for r in rows)
+    lines = ["parameter families (what can carry a LoRA):"]
+    for r in rows:
+        reason = f"  {r['reason']}" if r["reason"] else ""
+        lines.append(f"  {r['status']:<7}  {r['type']:<{width}}  {r['layer']:<{layer}}  {r['count']:>4} tensors "
+                     f"{r['params']:>13,} params{reason}")
+    return lines
+
+
+def _experts_note(survey: Any, quantizer: Any) -> str | None:
+    """How a 4-bit quantizer stores the fused 3-D expert tensors (4-bit too, or float, with what it costs)."""
+    from spectra_core.builtins.quantizers import base_bytes_per_param, other_bytes_per_param, quantizes_experts
+
+    experts = sum(f.params for f in survey.families if f.adapted and f.layer.endswith("(fused experts)"))
+    if not experts or quantizer.name == "none":
+        return None
+    if quantizes_experts(quantizer):
+        return (f"{quantizer.name} quantizes the fused 3-D expert tensors too ({experts:,} parameters, "
+                f"{_gib(int(experts * base_bytes_per_param(quantizer)))} in 4-bit; bitsandbytes parametrization, "
+                "dequantized per forward); their LoRA trains on top (peft target_parameters)")
+    return (f"note: {quantizer.name} leaves the fused 3-D expert tensors ({experts:,} parameters, "
+            f"{_gib(int(experts * other_bytes_per_param(quantizer)))}) in float: it quantizes linear layers only; "
+            "their memory is in the estimate below. quantizer: bnb-nf4 quantizes them to 4-bit as well")
 
 
 def _head_note(targets: Any, plan: Any) -> str | None:

@@ -49,6 +49,10 @@ def write_uniform_adapter(source: Path, destination: Path, rank: int | None = No
     if config.get("use_dora"):
         raise InputError("a DoRA adapter cannot be made uniform (its magnitude depends on the scale)",
                          hint="export it without uniform: true")
+    if config.get("target_parameters"):
+        raise InputError("an adapter on fused MoE expert tensors (peft target_parameters) cannot be made uniform: "
+                         "their LoRA factors interleave the experts, and servers that need a uniform adapter do not "
+                         "load target_parameters", hint="export it without uniform: true")
     tensors = load_file(str(Path(source) / "adapter_model.safetensors"))
     pairs: dict[str, dict[str, Any]] = {}
     for key in tensors:

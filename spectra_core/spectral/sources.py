@@ -131,8 +131,9 @@ def safetensors_source(path: Path, names: Iterable[str] | None = None) -> EntryS
     entries: list[Entry] = []
     for f in files:
         for info in read_header(f):
-            if info.key.endswith(".weight") and info.dtype in FLOAT_DTYPES:
-                entries.extend(_expand(info.key[: -len(".weight")], info.shape,
+            fused = len(info.shape) == 3  # fused MoE experts are named without ".weight"
+            if (info.key.endswith(".weight") or fused) and info.dtype in FLOAT_DTYPES:
+                entries.extend(_expand(info.key.removesuffix(".weight"), info.shape,
                                        lambda info=info: _load_st(info)))
     entries.sort(key=lambda e: natural_key(e.name))
     fp = _digest(["safetensors", [_file_stamp(f) for f in files]])
@@ -282,7 +283,27 @@ def module_source(model: torch.nn.Module, names: Iterable[str] | None = None,
         entries.extend(_expand(name, shape, load))
         flat = w.detach().reshape(-1)
         stamp.append([name, list(shape), str(w.dtype), flat[:4].float().tolist(), flat[-4:].float().tolist()])
+    for name, p in _fused_experts(model):
+        entries.extend(_expand(name, tuple(p.shape), lambda p=p: p.detach()))
+        flat = p.detach().reshape(-1)
+        stamp.append([name, list(p.shape), str(p.dtype), flat[:4].float().tolist(), flat[-4:].float().tolist()])
     return EntrySource(entries, _digest(["module", effective, stamp]), type(model).__name__, names)
+
+
+def _fused_experts(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every 3-D float parameter (fused MoE experts), named as in the state dict."""
+    for name, p in model.named_parameters():
+        name = name.removeprefix(_PEFT_PREFIX).replace(".base_layer", "")  # peft's ParamWrapper nests them
+        if p.ndim == 3 and p.is_floating_point() and ".lora_" not in name:
+            yield name, p
+
+
+def transposed(source: EntrySource, names: Iterable[str]) -> EntrySource:
+    """``source`` with the weights ``names`` yielded transposed (GPT-2's Conv1D stores ``in × out``)."""
+    flip = set(names)
+    entries = [Entry(e.name, (e.shape[1], e.shape[0]), lambda e=e: e.load().T) if e.name in flip else e
+               for e in source.entries]
+    return EntrySource(entries, _digest([source.fingerprint, "T", sorted(flip)]), source.label)
 
 
 # ----- the public entry point ----------------------------------------------------------------------
@@ -300,7 +321,7 @@ def resolve_model_path(source: str | os.PathLike) -> Path:
     return Path(text)
 
 
-def open_weights(source: str | os.PathLike | torch.nn.Module, names: Iterable[str] | None = None, *,
+def open_weights(source: str | os.PathLike | torch.nn.Module | EntrySource, names: Iterable[str] | None = None, *,
                  effective: bool = False) -> EntrySource:
     """Open weights to scan: a HF model dir, a ``.safetensors`` or ``.gguf`` file, ``bundled:…``, or a model.
 
@@ -309,6 +330,8 @@ def open_weights(source: str | os.PathLike | torch.nn.Module, names: Iterable[st
     """
     if isinstance(source, torch.nn.Module):
         return module_source(source, names, effective=effective)
+    if isinstance(source, EntrySource):
+        return source if names is None else source.subset(names)
     path = resolve_model_path(source)
     if not path.exists():
         raise InputError(f"model not found: {path}", hint="pass a model directory, .safetensors or .gguf file")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..builtins.quantizers import base_bytes_per_param, other_bytes_per_param
+from ..builtins.quantizers import base_bytes_per_param, other_bytes_per_param, quantizes_experts
 from ..plan import AdapterPlan
 
 LORA_BYTES = 4  # peft keeps adapter weights in float32
@@ -18,17 +18,22 @@ def estimate_memory(model_dir: Path, quantizer: Any, plan: AdapterPlan, *, trust
     Activations are not included: they depend on batch size, sequence length and checkpointing.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+    from transformers.pytorch_utils import Conv1D
+
+    from ..targets import meta_model
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    model = meta_model(config, trust_remote_code=trust_remote_code)
     head = model.get_output_embeddings()
     quantized = {id(m.weight) for m in model.modules()
-                 if isinstance(m, torch.nn.Linear) and m is not head and quantizer.name != "none"}
+                 if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head and quantizer.name != "none"}
+    if quantizes_experts(quantizer):
+        quantized |= {id(p) for p in model.parameters() if p.ndim == 3}
     q_params = sum(p.numel() for p in model.parameters() if id(p) in quantized)
     other = sum(p.numel() for p in model.parameters() if id(p) not in quantized)
-    lora = sum(m.rank * (m.shape[0] + m.shape[1]) for m in plan.injected())
+    lora = sum(m.rank * (m.shape[-2] + m.shape[-1]) * (m.shape[0] if len(m.shape) == 3 else 1)
+               for m in plan.injected())
     trainable = plan.trainable_parameters()
     out = {
         "base_quantized_params": q_params,

@@ -1,0 +1,250 @@
+"""What of a model can carry a LoRA: every weight is put in a *family* (its module type and layer kind),
+and each family is adapted, or skipped with the reason. ``spectra plan`` prints the families, so no part
+of a model is left unadapted silently.
+
+Adapted: ``nn.Linear`` (and subclasses), GPT-2's ``Conv1D`` (peft ``fan_in_fan_out``) and fused 3-D MoE
+expert parameters (peft ``target_parameters``, one LoRA per expert). Skipped: routers and 1×H gates,
+embeddings, norms and biases, the targets config's exclusions, and layers peft cannot adapt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .config import TargetsConfig
+from .errors import InputError
+from .spectral.types import module_type
+from .strategies import TargetModule
+
+if TYPE_CHECKING:
+    import torch
+
+ROUTER = "router: the expert-choice weights stay frozen (adapting them shifts the load balance between experts)"
+GATE = "1×H gate: a weight with one output row has no low-rank structure to adapt; kept frozen"
+EMBEDDING = "embedding: spectra adapts linear layers, not embeddings"
+NORM_BIAS = "norms and biases: not LoRA targets"
+EXCLUDED = "excluded by targets.exclude"
+NOT_INCLUDED = "not matched by targets.include"
+
+
+@dataclass
+class Family:
+    """Weights of one module type and layer kind, with what happens to them."""
+
+    type: str
+    layer: str
+    adapted: bool
+    reason: str = ""
+    names: list[str] = field(default_factory=list)
+    params: int = 0
+
+
+@dataclass
+class Survey:
+    """The targets of a model plus every family of its weights (adapted or skipped with the reason)."""
+
+    targets: list[TargetModule]
+    families: list[Family]
+    total_params: int
+    adapted_params: int
+
+    def adaptable_fraction(self) -> float:
+        """Share of the model's parameters (each tied tensor once) that sit in adapted families."""
+        return self.adapted_params / self.total_params if self.total_params else 0.0
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"type": f.type, "layer": f.layer, "count": len(f.names), "params": f.params,
+                 "status": "adapted" if f.adapted else "skipped", "reason": f.reason} for f in self.families]
+
+
+def model_class(config: Any) -> Any:
+    """The transformers auto class for ``config``: causal LMs only; anything else is refused (exit 2)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False) or kind in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        raise InputError(f"{kind} is an encoder-decoder (seq2seq) model; spectra trains decoder-only causal LMs "
+                         "(AutoModelForCausalLM) and has no seq2seq data format yet",
+                         hint="use a decoder-only model, or train this one with peft directly "
+                              "(TaskType.SEQ_2_SEQ_LM); see docs/architectures.md")
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM"):
+        return AutoModelForCausalLM
+    raise InputError(f"model type {kind!r} has no causal-LM class in transformers (AutoModelForCausalLM)",
+                     hint="spectra trains causal LMs; see docs/architectures.md for the supported architectures")
+
+
+def meta_model(config: Any, *, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The model of ``config`` built on the meta device (no weights are allocated or read)."""
+    import torch
+
+    cls = model_class(config)
+    with torch.device("meta"):
+        return cls.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _layer_kind(module: torch.nn.Module, param: str, ndim: int, shape: tuple[int, ...],
+                router: bool) -> tuple[str, str | None]:
+    """(layer label, reason it is skipped or None when it is a LoRA target) of one weight tensor;
+    ``router``: the module sits next to an MoE block's experts under the name ``gate``/``router``."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    cls = type(module).__name__
+    if ndim < 2:
+        return "norm/bias", NORM_BIAS
+    if isinstance(module, torch.nn.Embedding):
+        return cls, EMBEDDING
+    if router or "router" in cls.lower():
+        return cls, ROUTER
+    if param == "weight" and isinstance(module, torch.nn.Linear):
+        return (cls, GATE) if module.out_features == 1 else (cls, None)
+    if param == "weight" and isinstance(module, Conv1D):
+        return "Conv1D", (GATE if shape[1] == 1 else None)
+    if ndim == 3:
+        return f"{cls} (fused experts)", None
+    return cls, f"{cls}.{param} is not a layer peft can adapt (not nn.Linear, Conv1D or a 3-D expert tensor)"
+
+
+def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
+    """Sort every parameter of ``model`` (a meta model is enough) into families; targets in model order."""
+    from transformers.pytorch_utils import Conv1D
+
+    include = [re.compile(p) for p in targets.include] if targets.include else None
+    exclude = [re.compile(p) for p in targets.exclude]
+    modules = dict(model.named_modules())
+    families: dict[tuple[str, str, str], Family] = {}
+    found: list[TargetModule] = []
+    counted: set[int] = set()
+    total = adapted = 0
+    for pname, param in model.named_parameters(remove_duplicate=False):  # a tied head is a module of its own
+        new = id(param) not in counted
+        counted.add(id(param))
+        total += param.numel() if new else 0
+        owner_name, _, attr = pname.rpartition(".")
+        owner = modules[owner_name]
+        shape = tuple(param.shape)
+        parent, _, last = owner_name.rpartition(".")
+        router = last in ("gate", "router") and f"{parent}.experts" in modules
+        layer, reason = _layer_kind(owner, attr, param.ndim, shape, router)
+        kind = "parameter" if param.ndim == 3 else "module"
+        name = owner_name if kind == "module" else pname
+        if reason is None and include is not None and not any(p.search(name) for p in include):
+            reason = NOT_INCLUDED
+        if reason is None and any(p.search(name) for p in exclude):
+            reason = EXCLUDED
+        mtype = module_type(name) if reason != NORM_BIAS else "(norms, biases)"
+        family = families.setdefault((mtype, layer, reason or ""),
+                                     Family(type=mtype, layer=layer, adapted=reason is None, reason=reason or ""))
+        family.names.append(name)
+        family.params += param.numel()
+        if reason is not None:
+            continue
+        adapted += param.numel() if new else 0
+        if kind == "parameter":
+            experts, out_f, in_f = _expert_shape(owner, shape)
+            found.append(TargetModule(name=name, type=mtype, out_features=out_f, in_features=in_f,
+                                      kind="parameter", experts=experts))
+        elif isinstance(owner, Conv1D):
+            found.append(TargetModule(name=name, type=mtype, out_features=shape[1], in_features=shape[0],
+                                      fan_in_fan_out=True))
+        else:
+            found.append(TargetModule(name=name, type=mtype, out_features=owner.out_features,
+                                      in_features=owner.in_features))
+    return Survey(targets=found, families=list(families.values()), total_params=total, adapted_params=adapted)
+
+
+def _expert_shape(owner: torch.nn.Module, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(experts, out, in) of a fused expert tensor; ``is_transposed`` experts store ``[E, in, out]`` (as peft reads it)."""
+    experts, a, b = shape
+    return (experts, b, a) if getattr(owner, "is_transposed", False) else (experts, a, b)
+
+
+def check_found(survey_: Survey, targets: TargetsConfig, where: Any) -> None:
+    """Refuse a survey without targets, naming what the model's weights are."""
+    if survey_.targets:
+        return
+    kinds = sorted({f"{f.layer} ({f.reason})" if f.reason else f.layer for f in survey_.families})
+    raise InputError(f"no weight of {where} is a LoRA target for targets include={targets.include} "
+                     f"exclude={targets.exclude}; its layers: {'; '.join(kinds)}",
+                     hint="widen targets.include (regexes over module names); `spectra plan` lists every family")
+
+
+def slice_names(target: TargetModule) -> list[str]:
+    """The names a scan gives ``target``'s weights: its own, or ``{name}.{i}`` per expert of fused experts."""
+    if target.experts is None:
+        return [target.name]
+    return [f"{target.name}.{i}" for i in range(target.experts)]
+
+
+def scan_targets(model_dir: Any, scorer: Any, targets: list[TargetModule], *, progress: bool = True,
+                 trust_remote_code: bool = False) -> Any:
+    """Scores of ``targets``, read from the checkpoint: Conv1D weights turned ``out × in``, fused experts
+    scored per expert and given the mean of their experts' finite scores (the per-expert scores are kept
+    in the scan cache). A checkpoint that stores experts one by one (transformers fuses them when
+    loading) is scanned from the float model loaded on the CPU, so the names are the loaded model's."""
+    from .scores import average_experts
+    from .spectral.scan import run_scan
+    from .spectral.sources import open_weights, transposed
+
+    names = [n for t in targets for n in slice_names(t)]
+    source = open_weights(model_dir)
+    experts = [n for t in targets if t.experts is not None for n in slice_names(t)]
+    if experts and not set(experts) <= set(source.names()):
+        source = open_weights(load_float(model_dir, trust_remote_code=trust_remote_code))
+    flip = [t.name for t in targets if t.fan_in_fan_out]
+    if flip:
+        source = transposed(source, flip)
+    return average_experts(run_scan(source, scorer, names=names, progress=progress).scores, [t.name for t in targets])
+
+
+def checkpoint_source(model_dir: Any, *, trust_remote_code: bool = False) -> Any:
+    """What ``spectra scan DIR`` reads: the weight files, unless they store MoE experts one by one
+    (``experts.N.w1``) while the loaded model fuses them (``experts.gate_up_proj``): then the float model
+    loaded on the CPU, so the scores name the loaded model's parameters. Any other directory: its path."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from .spectral.sources import open_weights
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        return model_dir
+    source = open_weights(path)
+    if not any(".experts." in n for n in source.names()):
+        return source
+    try:
+        model = meta_model(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
+                           trust_remote_code=trust_remote_code)
+    except (InputError, ValueError, OSError):
+        return source  # not a causal LM spectra trains: scan the files as they are
+    fused = [n for n, p in model.named_parameters() if p.ndim == 3]
+    if not fused or f"{fused[0]}.0" in set(source.names()):
+        return source
+    return open_weights(load_float(path, trust_remote_code=trust_remote_code))
+
+
+def load_float(model_dir: Any, *, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The model in float32 on the CPU, from safetensors."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    return model_class(config).from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
+                                               trust_remote_code=trust_remote_code)
+
+
+def fit_plan(plan: Any, targets: list[TargetModule]) -> Any:
+    """``plan`` with each fused-expert entry made a ``parameter`` entry of shape ``(experts, out, in)``
+    (allocators see every target as one ``out × in`` weight)."""
+    for t in targets:
+        entry = plan.modules.get(t.name)
+        if entry is not None and t.kind == "parameter":
+            entry.kind, entry.shape = "parameter", t.shape()
+    return plan

@@ -1,0 +1,220 @@
+"""The architecture matrix: tiny random models of every family (arch_fixtures) through scan, plan,
+training (2 steps), export, and a stock-peft load whose logits the merged model matches; MoE experts
+adapted one LoRA per expert and quantized by bnb-nf4; refusals exit 2 with the reason."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+from arch_fixtures import ARCHITECTURES, BNB_END_TO_END, METHOD_ARCHITECTURES, METHODS, MOE_ARCHITECTURES, make_model
+from train_fixtures import cli_env, config_dict, spectra_cmd, write_text
+
+from spectra_core.config import TargetsConfig
+from spectra_core.errors import InputError
+from spectra_core.models import survey_model
+from spectra_core.pipeline import Pipeline
+
+SUPPORTED = [a for a in ARCHITECTURES if a != "t5"]
+PROMPT = [[5, 17, 42, 99, 7, 3, 250, 11]]
+TOLERANCE = 1e-4  # max |Δlogit| / max |logit|, merged model against stock peft on the float base
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_text(tmp_path_factory.mktemp("arch-data") / "train.txt", n=60)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arch-models")
+    made: dict[str, object] = {}
+
+    def get(arch: str):
+        if arch not in made:
+            made[arch] = make_model(arch, root / arch)
+        return made[arch]
+
+    return get
+
+
+def matrix_config(model_dir, data, out, quantizer: str = "none", **extra):
+    cfg = config_dict(model_dir, data, out, max_steps=2, eval_every=2, save_every=2, batch_size=2)
+    cfg["scorer"] = {"name": "spectrum"}
+    cfg["quantizer"] = {"name": quantizer}
+    cfg["allocator"]["options"] = {"rank": 2, "alpha": 4, "top_fraction": 1.0}
+    cfg["exporters"] = [{"name": "peft-adapter"}, {"name": "merged"}]
+    cfg.update(extra)
+    return cfg
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(PROMPT)).logits.float()
+
+
+def expert_deltas(model) -> dict[str, torch.Tensor]:
+    """Per fused expert parameter of a peft model: the norm of each expert's LoRA delta."""
+    from peft.tuners.lora.layer import ParamWrapper
+
+    return {f"{n.removeprefix('base_model.model.').replace('.base_layer', '')}.{m.parameter_name}":
+            m.get_delta_weight("default").flatten(1).norm(dim=1)
+            for n, m in model.named_modules() if isinstance(m, ParamWrapper)}
+
+
+@pytest.mark.parametrize("arch", SUPPORTED)
+def test_architecture_trains_exports_and_stock_peft_matches_merged(arch, models, corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model_dir = models(arch)
+    pipe = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run"))
+    scores = pipe.scan(progress=False)
+    plan = pipe.plan(scores)
+    assert plan.modules and all(m.active for m in plan.modules.values())
+    run = pipe.train(plan, scores=scores)
+    paths = pipe.export(run)
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    before = logits(base)
+    check_against_stock_peft(arch, base, run.run_dir / "final", paths["merged"], plan)
+    assert relative_error(logits(base), before) > 1e-6  # the adapter (now on base) changes the model
+
+
+def check_against_stock_peft(arch, base, final, merged_dir, plan) -> None:
+    """The merged export equals stock peft's adapter on ``base`` (≤ TOLERANCE); every expert was trained."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapted = PeftModel.from_pretrained(base, final).eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    error = relative_error(logits(merged), logits(adapted))
+    assert error <= TOLERANCE, f"{arch}: merged vs stock peft, relative error {error:.2e}"
+    if arch in MOE_ARCHITECTURES:
+        deltas = expert_deltas(adapted)
+        fused = [m.name for m in plan.modules.values() if m.kind == "parameter" and m.active]
+        assert fused and set(fused) <= set(deltas)
+        dead = {name: int((deltas[name] == 0).sum()) for name in fused if (deltas[name] == 0).any()}
+        assert not dead, f"experts without a LoRA update after training: {dead}"
+
+
+SLOW_BNB = [a for a in ("falcon", "qwen2_moe", "qwen3_moe") if a not in BNB_END_TO_END]
+
+
+@pytest.mark.parametrize("arch", [*BNB_END_TO_END, *(pytest.param(a, marks=pytest.mark.slow) for a in SLOW_BNB)])
+def test_bnb_run_merges_exactly_onto_its_4bit_base(arch, models, corpus, tmp_path):
+    """On a bnb-nf4 base (Conv1D, FalconLinear and experts in 4-bit) the merged export equals stock
+    peft's adapter on the same 4-bit base."""
+    from spectra_core.builtins.quantizers import BnbNF4Quantizer
+
+    model_dir = models(arch)
+    pipe = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run", quantizer="bnb-nf4"))
+    run = pipe.train()
+    paths = pipe.export(run)
+    check_against_stock_peft(arch, BnbNF4Quantizer().load(model_dir), run.run_dir / "final", paths["merged"], run.plan)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arch", METHOD_ARCHITECTURES)
+def test_method_runs_end_to_end(arch, method, models, corpus, tmp_path):
+    """Each method (its own quantizer, scorer, allocator, merger/rebalancer) on llama, gpt2 and mixtral."""
+    from spectra_core.builtins.quantizers import BnbNF4Quantizer
+
+    model_dir = models(arch)
+    cfg = config_dict(model_dir, corpus, tmp_path / "run", max_steps=4, eval_every=2, save_every=2, batch_size=2)
+    cfg = {k: v for k, v in cfg.items() if k not in ("quantizer", "scorer", "allocator")} | {"method": method}
+    cfg["allocator"] = {"options": METHOD_ALLOCATOR[method]}
+    pipe = Pipeline.from_dict(cfg)
+    run = pipe.train()
+    paths = pipe.export(run)
+    check_against_stock_peft(arch, BnbNF4Quantizer().load(model_dir), run.run_dir / "final", paths["merged"], run.plan)
+
+
+# 2-layer models: a larger share than the methods' defaults, so every type trains something
+METHOD_ALLOCATOR = {"hybrid": {"top_fraction": 0.5, "rank": 2, "alpha": 4},
+                    "alors": {},
+                    "sgm": {"top_fraction": 1.0, "rank": 2, "alpha": 4}}
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
+def test_moe_targets_scan_names_and_families(arch, models):
+    """Experts are fused-parameter targets whose scan names are the loaded model's; routers and 1×H
+    gates are skipped with the reason; nothing is left unclassified."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = models(arch)
+    survey = survey_model(model_dir, TargetsConfig())
+    experts = [t for t in survey.targets if t.kind == "parameter"]
+    loaded = dict(AutoModelForCausalLM.from_pretrained(model_dir).named_parameters())
+    assert experts and all(t.name in loaded and loaded[t.name].ndim == 3 for t in experts)
+    assert {t.type for t in experts} == {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}
+    skipped = {f.reason.split(":")[0] for f in survey.families if not f.adapted}
+    assert "router" in skipped
+    if arch == "qwen2_moe":
+        assert "1×H gate" in skipped
+    assert 0.5 < survey.adaptable_fraction() < 1
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "gpt2", "falcon"])
+def test_bnb_quantizes_every_target(arch, models):
+    """bnb-nf4 leaves no adapted weight in float: Conv1D, FalconLinear and fused experts are 4-bit too."""
+    import bitsandbytes as bnb
+
+    from spectra_core.builtins.quantizers import BnbNF4Quantizer
+
+    model_dir = models(arch)
+    survey = survey_model(model_dir, TargetsConfig())
+    model = BnbNF4Quantizer().load(model_dir)
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    for t in survey.targets:
+        if t.kind == "parameter":
+            owner, _, name = t.name.rpartition(".")
+            assert name in modules[owner].parametrizations, f"{t.name} not quantized"
+            assert modules[owner].parametrizations[name].original.dtype == torch.uint8
+        else:
+            assert isinstance(modules[t.name], bnb.nn.Linear4bit), f"{t.name} is {type(modules[t.name]).__name__}"
+    assert params  # loaded
+
+
+def test_t5_is_refused_with_the_reason(models, corpus, tmp_path):
+    model_dir = models("t5")
+    with pytest.raises(InputError, match="encoder-decoder"):
+        survey_model(model_dir, TargetsConfig())
+    config = tmp_path / "run.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(matrix_config(model_dir, corpus, tmp_path / "run")), encoding="utf-8")
+    done = subprocess.run(spectra_cmd("plan", str(config)), capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "encoder-decoder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_plan_prints_families_and_quantization(models, corpus, tmp_path):
+    import yaml
+
+    model_dir = models("qwen2_moe")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(matrix_config(model_dir, corpus, tmp_path / "run", quantizer="bnb-nf4")),
+                      encoding="utf-8")
+    done = subprocess.run(spectra_cmd("plan", str(config)), capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for needle in ("parameter families", "mlp.experts.gate_up_proj", "  router: ", "  1×H gate: ",
+                   "adaptable:", "bnb-nf4 quantizes the fused 3-D expert tensors"):
+        assert needle in out, f"{needle!r} missing from:\n{out}"
+
+
+def test_docs_table_is_generated_from_the_matrix(models):
+    from pathlib import Path
+
+    from arch_fixtures import TABLE_END, TABLE_START, architectures_table
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "architectures.md").read_text(encoding="utf-8")
+    shown = docs.split(TABLE_START)[1].split(TABLE_END)[0].strip()
+    assert shown == architectures_table(models), \
+        "docs/architectures.md is out of date: paste the output of `python tests/arch_fixtures.py`"
