@@ -71,9 +71,9 @@ def inject(base: torch.nn.Module, plan: AdapterPlan, *, seed: int = 0, config: d
     torch.manual_seed(seed)
     model = get_peft_model(base, lora_config(plan, **config),
                            low_cpu_mem_usage="eva_config" in config)  # EVA fills the weights (peft's advice)
+    quantize_wrapped_experts(model)
     if initialize is not None:
         initialize(model)
-    drop_stale_factor_proxies(model)
     tie_groups(model, plan)
     set_trainable(model, plan)
     return model
@@ -93,29 +93,57 @@ def load(base: torch.nn.Module, directory: Any, plan: AdapterPlan) -> Any:
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(base, directory, is_trainable=False)
-    drop_stale_factor_proxies(model)
+    quantize_wrapped_experts(model)
     tie_groups(model, plan)
     return model
 
 
+def quantize_wrapped_experts(model: torch.nn.Module) -> None:
+    """On a bitsandbytes 4-bit base, quantize the fused expert tensors now that peft has wrapped them
+    (:func:`spectra_core.builtins.coverage.quantize_bnb_experts`), and hook the wrappers around peft's
+    handling of parametrized experts (:func:`drop_stale_factor_proxies`)."""
+    from .builtins.coverage import bnb_4bit_config, quantize_bnb_experts
+
+    config = bnb_4bit_config(model.get_base_model())
+    if config is not None and quantize_bnb_experts(model, config):
+        drop_stale_factor_proxies(model)
+
+
 def drop_stale_factor_proxies(model: torch.nn.Module) -> int:
-    """Work around peft 0.21.2 on a parametrized expert tensor (bitsandbytes 4-bit experts): after each
-    forward its ``ParamWrapper`` removes only a ``_LoraParameterProxy``, so the ``_LoraFactorsProxy`` it
-    registers for fused experts would stay and pile up, one more each forward. A forward hook on each such
-    wrapper removes it. Returns the number of wrappers hooked (0 on float experts, where peft cleans up)."""
+    """Work around peft 0.21.2 on parametrized expert tensors (bitsandbytes 4-bit experts), two bugs:
+
+    * after each forward its ``ParamWrapper`` removes only a ``_LoraParameterProxy``, so the
+      ``_LoraFactorsProxy`` it registers for fused experts would stay and pile up, one more each
+      forward: a forward hook on each such wrapper removes it;
+    * nested wrappers (``gate_up_proj`` and ``down_proj`` of one experts module) read the inner tensor
+      inside the outer one's parametrization cache before the inner LoRA is registered, so the expert
+      forward would use a cached value without that LoRA (no gradient): a pre-hook on the experts
+      module drops its cached values just before its forward.
+
+    Returns the number of wrappers hooked (0 on float experts, where peft works as is)."""
     from peft.tuners.lora.layer import ParamWrapper, _LoraFactorsProxy
+    from torch.nn.utils import parametrize
+
+    def fresh(module: torch.nn.Module, *_: Any) -> None:
+        for name in module.parametrizations:
+            parametrize._cache.pop((id(module), name), None)
 
     def drop(layer: torch.nn.Module, *_: Any) -> None:
-        chain = layer.get_base_layer().parametrizations.get(layer.parameter_name, [])
+        parametrizations = layer.get_base_layer().parametrizations
+        chain = parametrizations[layer.parameter_name] if layer.parameter_name in parametrizations else []
         for i in reversed(range(len(chain))):
             if isinstance(chain[i], _LoraFactorsProxy):
                 del chain[i]
 
-    hooked = 0
+    hooked, bases = 0, set()
     for layer in model.modules():
-        if isinstance(layer, ParamWrapper) and hasattr(layer.get_base_layer(), "parametrizations"):
-            layer.register_forward_hook(drop)
+        base = layer.get_base_layer() if isinstance(layer, ParamWrapper) else None
+        if base is not None and hasattr(base, "parametrizations"):
+            layer.register_forward_hook(drop, always_call=True)  # also when checkpointing stops a recompute early
             hooked += 1
+            if id(base) not in bases:
+                base.register_forward_pre_hook(fresh)
+                bases.add(id(base))
     return hooked
 
 

@@ -124,9 +124,9 @@ def check_weights(model_dir: Path, model: torch.nn.Module) -> None:
                              f"makes it {list(expected[key])}",
                              hint="the weights and config.json come from different models; re-save the model "
                                   "with save_pretrained (or fix config.json)")
-    tied = getattr(model.config, "tie_word_embeddings", False)
+    head = model.get_output_embeddings()  # tied, or stored under a legacy name (gpt_neox's embed_out)
     linear = [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
-              and not (tied and module is model.get_output_embeddings())]
+              and module is not head]
     missing = [key for key in linear if key not in stored]
     if missing:
         only_1d = all(len(shape) == 1 for shape, _ in stored.values())

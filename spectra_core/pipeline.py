@@ -186,7 +186,7 @@ class Pipeline:
 
         A :class:`~spectra_core.strategies.CalibratedScorer` scores a calibration session instead
         (base + probe LoRA + the config's training data; not cached)."""
-        from .targets import scan_targets
+        from .target_scan import scan_targets
 
         targets = self.targets()
         if isinstance(self.scorer, CalibratedScorer):
@@ -204,7 +204,11 @@ class Pipeline:
         from .targets import fit_plan
 
         scores = scores if scores is not None else self.scan()
-        targets = self.targets()
+        survey = self.survey()
+        for family in survey.unsupported():
+            log.warning("%s (%d tensors, %s parameters) stays frozen: %s", family.type, len(family.names),
+                        f"{family.params:,}", family.reason)
+        targets = survey.targets
         plan = fit_plan(self.allocator.allocate(scores, targets), targets)
         if plan.method is None:
             plan.method = self.config.method

@@ -26,7 +26,9 @@ GATE = "1×H gate: a weight with one output row has no low-rank structure to ada
 EMBEDDING = "embedding: spectra adapts linear layers, not embeddings"
 NORM_BIAS = "norms and biases: not LoRA targets"
 EXCLUDED = "excluded by targets.exclude"
+HEAD = "output head: frozen by default (targets.exclude replaces the default ['lm_head'] to adapt it)"
 NOT_INCLUDED = "not matched by targets.include"
+UNSUPPORTED = "unsupported layer, not adapted"
 
 
 @dataclass
@@ -53,6 +55,10 @@ class Survey:
     def adaptable_fraction(self) -> float:
         """Share of the model's parameters (each tied tensor once) that sit in adapted families."""
         return self.adapted_params / self.total_params if self.total_params else 0.0
+
+    def unsupported(self) -> list[Family]:
+        """Families of 2-D+ weights no adapter here can reach (custom layers)."""
+        return [f for f in self.families if f.reason.startswith(UNSUPPORTED)]
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"type": f.type, "layer": f.layer, "count": len(f.names), "params": f.params,
@@ -108,7 +114,7 @@ def _layer_kind(module: torch.nn.Module, param: str, ndim: int, shape: tuple[int
         return "Conv1D", (GATE if shape[1] == 1 else None)
     if ndim == 3:
         return f"{cls} (fused experts)", None
-    return cls, f"{cls}.{param} is not a layer peft can adapt (not nn.Linear, Conv1D or a 3-D expert tensor)"
+    return cls, f"{UNSUPPORTED}: {cls}.{param} is not nn.Linear, Conv1D or a 3-D expert tensor"
 
 
 def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
@@ -118,6 +124,7 @@ def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
     include = [re.compile(p) for p in targets.include] if targets.include else None
     exclude = [re.compile(p) for p in targets.exclude]
     modules = dict(model.named_modules())
+    head = model.get_output_embeddings() if "exclude" not in targets.model_fields_set else None
     families: dict[tuple[str, str, str], Family] = {}
     found: list[TargetModule] = []
     counted: set[int] = set()
@@ -138,6 +145,8 @@ def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
             reason = NOT_INCLUDED
         if reason is None and any(p.search(name) for p in exclude):
             reason = EXCLUDED
+        if reason is None and owner is head:  # named embed_out, output_layer, ... in some models
+            reason = HEAD
         mtype = module_type(name) if reason != NORM_BIAS else "(norms, biases)"
         family = families.setdefault((mtype, layer, reason or ""),
                                      Family(type=mtype, layer=layer, adapted=reason is None, reason=reason or ""))
@@ -180,64 +189,6 @@ def slice_names(target: TargetModule) -> list[str]:
     if target.experts is None:
         return [target.name]
     return [f"{target.name}.{i}" for i in range(target.experts)]
-
-
-def scan_targets(model_dir: Any, scorer: Any, targets: list[TargetModule], *, progress: bool = True,
-                 trust_remote_code: bool = False) -> Any:
-    """Scores of ``targets``, read from the checkpoint: Conv1D weights turned ``out × in``, fused experts
-    scored per expert and given the mean of their experts' finite scores (the per-expert scores are kept
-    in the scan cache). A checkpoint that stores experts one by one (transformers fuses them when
-    loading) is scanned from the float model loaded on the CPU, so the names are the loaded model's."""
-    from .scores import average_experts
-    from .spectral.scan import run_scan
-    from .spectral.sources import open_weights, transposed
-
-    names = [n for t in targets for n in slice_names(t)]
-    source = open_weights(model_dir)
-    experts = [n for t in targets if t.experts is not None for n in slice_names(t)]
-    if experts and not set(experts) <= set(source.names()):
-        source = open_weights(load_float(model_dir, trust_remote_code=trust_remote_code))
-    flip = [t.name for t in targets if t.fan_in_fan_out]
-    if flip:
-        source = transposed(source, flip)
-    return average_experts(run_scan(source, scorer, names=names, progress=progress).scores, [t.name for t in targets])
-
-
-def checkpoint_source(model_dir: Any, *, trust_remote_code: bool = False) -> Any:
-    """What ``spectra scan DIR`` reads: the weight files, unless they store MoE experts one by one
-    (``experts.N.w1``) while the loaded model fuses them (``experts.gate_up_proj``): then the float model
-    loaded on the CPU, so the scores name the loaded model's parameters. Any other directory: its path."""
-    from pathlib import Path
-
-    from transformers import AutoConfig
-
-    from .spectral.sources import open_weights
-
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        return model_dir
-    source = open_weights(path)
-    if not any(".experts." in n for n in source.names()):
-        return source
-    try:
-        model = meta_model(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
-                           trust_remote_code=trust_remote_code)
-    except (InputError, ValueError, OSError):
-        return source  # not a causal LM spectra trains: scan the files as they are
-    fused = [n for n, p in model.named_parameters() if p.ndim == 3]
-    if not fused or f"{fused[0]}.0" in set(source.names()):
-        return source
-    return open_weights(load_float(path, trust_remote_code=trust_remote_code))
-
-
-def load_float(model_dir: Any, *, trust_remote_code: bool = False) -> torch.nn.Module:
-    """The model in float32 on the CPU, from safetensors."""
-    import torch
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    return model_class(config).from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
-                                               trust_remote_code=trust_remote_code)
 
 
 def fit_plan(plan: Any, targets: list[TargetModule]) -> Any:

@@ -191,8 +191,10 @@ def test_a_parameter_target_goes_through_peft_target_parameters(tiny_model_dir):
     a, b = handle.factors()
     torch.testing.assert_close(handle.delta(), 2.0 * (b @ a), rtol=1e-5, atol=1e-7)  # alpha / r = 2
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == plan.trainable_parameters()
-    with pytest.raises(InputError, match="parameter target"):
-        resize_lora(layers[name], 3, 4.0, use_rslora=False)
+    before = handle.delta()
+    resize_lora(layers[name], 3, 4.0, use_rslora=False)  # growth: the update is unchanged at the new rank
+    assert handle.rank == 3
+    torch.testing.assert_close(handle.delta(), before, rtol=1e-5, atol=1e-7)
 
 
 class Experts(torch.nn.Module):

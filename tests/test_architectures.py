@@ -85,12 +85,18 @@ def test_architecture_trains_exports_and_stock_peft_matches_merged(arch, models,
     assert relative_error(logits(base), before) > 1e-6  # the adapter (now on base) changes the model
 
 
-def check_against_stock_peft(arch, base, final, merged_dir, plan) -> None:
-    """The merged export equals stock peft's adapter on ``base`` (≤ TOLERANCE); every expert was trained."""
+def check_against_stock_peft(arch, base, final, merged_dir, plan, quantized: bool = False,
+                             every_expert: bool = True) -> None:
+    """The merged export equals stock peft's adapter on ``base`` (≤ TOLERANCE); every expert was trained.
+    ``quantized``: ``base`` is spectra's bnb-nf4 base, whose fused experts are 4-bit once peft wrapped
+    them (``adapters.load``: stock ``PeftModel.from_pretrained``, then the experts quantized).
+    ``every_expert``: every active fused tensor has all experts trained; else no tensor is partly trained."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapted = PeftModel.from_pretrained(base, final).eval()
+    from spectra_core.adapters import load
+
+    adapted = (load(base, final, plan) if quantized else PeftModel.from_pretrained(base, final)).eval()
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     error = relative_error(logits(merged), logits(adapted))
     assert error <= TOLERANCE, f"{arch}: merged vs stock peft, relative error {error:.2e}"
@@ -99,13 +105,14 @@ def check_against_stock_peft(arch, base, final, merged_dir, plan) -> None:
         fused = [m.name for m in plan.modules.values() if m.kind == "parameter" and m.active]
         assert fused and set(fused) <= set(deltas)
         dead = {name: int((deltas[name] == 0).sum()) for name in fused if (deltas[name] == 0).any()}
+        if not every_expert:  # a method's rebalancer may switch a tensor on at the end (its LoRA starts at zero)
+            untrained = [name for name, n in dead.items() if n == len(deltas[name])]
+            assert len(untrained) < len(fused), "no fused expert tensor was trained"
+            dead = {name: n for name, n in dead.items() if name not in untrained}
         assert not dead, f"experts without a LoRA update after training: {dead}"
 
 
-SLOW_BNB = [a for a in ("falcon", "qwen2_moe", "qwen3_moe") if a not in BNB_END_TO_END]
-
-
-@pytest.mark.parametrize("arch", [*BNB_END_TO_END, *(pytest.param(a, marks=pytest.mark.slow) for a in SLOW_BNB)])
+@pytest.mark.parametrize("arch", BNB_END_TO_END)
 def test_bnb_run_merges_exactly_onto_its_4bit_base(arch, models, corpus, tmp_path):
     """On a bnb-nf4 base (Conv1D, FalconLinear and experts in 4-bit) the merged export equals stock
     peft's adapter on the same 4-bit base."""
@@ -115,10 +122,10 @@ def test_bnb_run_merges_exactly_onto_its_4bit_base(arch, models, corpus, tmp_pat
     pipe = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run", quantizer="bnb-nf4"))
     run = pipe.train()
     paths = pipe.export(run)
-    check_against_stock_peft(arch, BnbNF4Quantizer().load(model_dir), run.run_dir / "final", paths["merged"], run.plan)
+    check_against_stock_peft(arch, BnbNF4Quantizer().load(model_dir), run.run_dir / "final", paths["merged"],
+                             run.plan, quantized=True)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", METHOD_ARCHITECTURES)
 def test_method_runs_end_to_end(arch, method, models, corpus, tmp_path):
@@ -132,7 +139,8 @@ def test_method_runs_end_to_end(arch, method, models, corpus, tmp_path):
     pipe = Pipeline.from_dict(cfg)
     run = pipe.train()
     paths = pipe.export(run)
-    check_against_stock_peft(arch, BnbNF4Quantizer().load(model_dir), run.run_dir / "final", paths["merged"], run.plan)
+    check_against_stock_peft(arch, BnbNF4Quantizer().load(model_dir), run.run_dir / "final", paths["merged"],
+                             run.plan, quantized=True, every_expert=False)
 
 
 # 2-layer models: a larger share than the methods' defaults, so every type trains something
@@ -167,18 +175,23 @@ def test_bnb_quantizes_every_target(arch, models):
 
     from spectra_core.builtins.quantizers import BnbNF4Quantizer
 
+    from spectra_core.adapters import inject, lora_layers
+    from spectra_core.plan import AdapterPlan, ModulePlan
+
     model_dir = models(arch)
     survey = survey_model(model_dir, TargetsConfig())
-    model = BnbNF4Quantizer().load(model_dir)
-    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    plan = AdapterPlan(allocator="test", modules={t.name: ModulePlan(
+        name=t.name, type=t.type, kind=t.kind, shape=t.shape(), active=True, rank=2, alpha=4.0) for t in survey.targets})
+    layers = lora_layers(inject(BnbNF4Quantizer().load(model_dir), plan))
+    assert sorted(layers) == sorted(plan.modules)
     for t in survey.targets:
+        base = layers[t.name].get_base_layer()
         if t.kind == "parameter":
-            owner, _, name = t.name.rpartition(".")
-            assert name in modules[owner].parametrizations, f"{t.name} not quantized"
-            assert modules[owner].parametrizations[name].original.dtype == torch.uint8
+            name = t.name.rpartition(".")[2]
+            assert name in base.parametrizations, f"{t.name} not quantized"
+            assert base.parametrizations[name].original.dtype == torch.uint8
         else:
-            assert isinstance(modules[t.name], bnb.nn.Linear4bit), f"{t.name} is {type(modules[t.name]).__name__}"
-    assert params  # loaded
+            assert isinstance(base, bnb.nn.Linear4bit), f"{t.name} is {type(base).__name__}"
 
 
 def test_t5_is_refused_with_the_reason(models, corpus, tmp_path):
@@ -218,3 +231,62 @@ def test_docs_table_is_generated_from_the_matrix(models):
     shown = docs.split(TABLE_START)[1].split(TABLE_END)[0].strip()
     assert shown == architectures_table(models), \
         "docs/architectures.md is out of date: paste the output of `python tests/arch_fixtures.py`"
+
+
+def test_fused_experts_resize_expert_by_expert_with_adam_state():
+    """Shrinking the LoRA of a fused 3-D expert tensor keeps each expert's best rank-k update (truncated
+    SVD per expert); AdamW's moments follow into the new shapes and the next step runs."""
+    from peft import LoraConfig, get_peft_model
+
+    from spectra_core.adapters import AdapterHandle, lora_layers, resize
+
+    class Experts(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(0)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([x[i] @ self.gate_up_proj[i % 3].T for i in range(x.shape[0])])
+
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.experts = Experts()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.experts(x)
+
+    torch.manual_seed(0)
+    model = get_peft_model(Holder(), LoraConfig(r=4, lora_alpha=8, target_parameters=["experts.gate_up_proj"],
+                                                init_lora_weights=False))
+    (name, layer), = lora_layers(model).items()
+    handle = AdapterHandle(name, layer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    x = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(1))
+    model(x).square().mean().backward()
+    optimizer.step()
+    before = handle.delta()
+    done = resize(layer, 2, 4.0, use_rslora=False, optimizer=optimizer)
+    assert handle.rank == 2 and layer.lora_A["default"].weight.shape == (6, 8)
+    assert layer.lora_B["default"].weight.shape == (10, 6)
+    for e in range(3):
+        u, s, vh = torch.linalg.svd(before[e].double())
+        best = (u[:, :2] * s[:2]) @ vh[:2]
+        torch.testing.assert_close(handle.delta()[e].double(), best, rtol=1e-4, atol=1e-5)
+    assert 0 < done.energy_kept < 1
+    model(x).square().mean().backward()
+    optimizer.step()  # the moments were remapped to the new shapes
+    assert all(optimizer.state[p]["exp_avg"].shape == p.shape for p in model.parameters() if p.requires_grad)
+
+
+def test_gpt2_conv1d_is_a_target_scanned_out_by_in(models, corpus, tmp_path):
+    """GPT-2's Conv1D (stored in × out) is a target; the scan sees it out × in like any linear."""
+    model_dir = models("gpt2")
+    survey = survey_model(model_dir, TargetsConfig())
+    conv = [t for t in survey.targets if t.fan_in_fan_out]
+    assert {t.type for t in conv} == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
+    c_attn = next(t for t in conv if t.type == "attn.c_attn")
+    assert (c_attn.out_features, c_attn.in_features) == (192, 64)
+    scores = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run")).scan(progress=False)
+    assert scores.by_name()[c_attn.name].shape == (192, 64)

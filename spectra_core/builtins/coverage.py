@@ -134,14 +134,27 @@ def restore_conv1d(model: torch.nn.Module, reference: torch.nn.Module) -> int:
 def fused_experts(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
     """(module, parameter name) of every float 3-D parameter (fused MoE experts) of ``model``."""
     return [(m, name) for m in model.modules() for name, p in m.named_parameters(recurse=False)
-            if p.ndim == 3 and p.is_floating_point()]
+            if p.ndim == 3 and p.is_floating_point() and not hasattr(m, "parametrizations")]
 
 
-def quantize_bnb_experts(model: torch.nn.Module, config: Any) -> int:
-    """Quantize every fused 3-D expert tensor to bitsandbytes 4-bit in place (a parametrization that
-    dequantizes on access, which peft's ``target_parameters`` LoRA works on top of); returns how many."""
+def bnb_4bit_config(model: torch.nn.Module) -> Any:
+    """The bitsandbytes 4-bit config ``model`` was loaded with (``hf_quantizer``), or None."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    config = getattr(quantizer, "quantization_config", None)
+    return config if getattr(config, "load_in_4bit", False) else None
+
+
+def quantize_bnb_experts(model: torch.nn.Module, config: Any = None) -> int:
+    """Quantize every float fused 3-D expert tensor of a bitsandbytes 4-bit model in place, with its
+    settings (``config``, default the model's own): a parametrization that dequantizes on access, which
+    peft's ``target_parameters`` LoRA works on top of. Call it after peft wrapped the experts: peft nests
+    the wrappers of one module in another order when it is already parametrized, and the adapter would
+    then not load on a float base. Returns how many tensors it quantized (0 on other models)."""
     from bitsandbytes.nn.parametrize import replace_parameter_4bit
 
+    config = config or bnb_4bit_config(model)
+    if config is None:
+        return 0
     found = fused_experts(model)
     for module, name in found:
         replace_parameter_4bit(module, name, compress_statistics=config.bnb_4bit_use_double_quant,
@@ -153,9 +166,13 @@ def dequantize_experts(model: torch.nn.Module) -> int:
     """Undo :func:`quantize_bnb_experts`: each expert tensor becomes its dequantized float values."""
     from torch.nn.utils import parametrize
 
+    import torch
+
     count = 0
-    for module in model.modules():
+    for module in list(model.modules()):
         for name in list(getattr(module, "parametrizations", {}) or {}):
-            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+            value = getattr(module, name).detach().clone()  # dequantized (the uint8 codes cannot hold it)
+            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+            setattr(module, name, torch.nn.Parameter(value, requires_grad=False))
             count += 1
     return count

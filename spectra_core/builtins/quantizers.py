@@ -19,7 +19,7 @@ from pydantic import Field
 
 from spectra_core.strategies import Quantizer, StrategyOptions
 
-from .coverage import plain_linears, quantize_bnb_experts, quantize_bnb_subclasses
+from .coverage import plain_linears, quantize_bnb_subclasses
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
@@ -79,7 +79,7 @@ class BnbNF4Quantizer(Quantizer):
     """bitsandbytes 4-bit NF4 with double quantization (QLoRA)."""
 
     name = "bnb-nf4"
-    quantizes_experts = True  # fused 3-D MoE experts too (bitsandbytes' parameter parametrization)
+    quantizes_experts = True  # fused 3-D MoE experts too, once wrapped by peft (see coverage.quantize_bnb_experts)
 
     class Options(StrategyOptions):
         compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -98,7 +98,7 @@ class BnbNF4Quantizer(Quantizer):
             model_dir, quantization_config=quant, dtype=compute, device_map=device_map(),
             trust_remote_code=trust_remote_code, use_safetensors=True)
         quantize_bnb_subclasses(model, quant)  # e.g. Falcon's FalconLinear, which transformers leaves in float
-        quantize_bnb_experts(model, quant)  # fused 3-D MoE experts, not linear layers
+        # fused 3-D MoE experts: quantized once their LoRA is in place (spectra_core.adapters.inject)
         guard_cpu_repack(model)
         # gradient checkpointing is switched on by the trainer (training.gradient_checkpointing),
         # non-reentrant, so frozen layers below the first adapter need no input gradients

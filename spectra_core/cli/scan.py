@@ -20,7 +20,7 @@ from spectra_core.spectral.formats import load_scores, to_flat, unfrozen_yaml
 from spectra_core.spectral import phases
 from spectra_core.spectral.heatmap import write_heatmap
 from spectra_core.spectral.scan import run_scan
-from spectra_core.targets import checkpoint_source
+from spectra_core.target_scan import checkpoint_source
 from spectra_core.spectral.selection import (Selection, check_percent, lora_target_regex, lora_targets,
                                              reference_order, top_percent)
 

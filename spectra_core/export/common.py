@@ -67,9 +67,28 @@ def adapter_ranks(directory: Path) -> dict[str, int]:
     return ranks
 
 
+def parameter_ranks(ranks: dict[str, int], plan: AdapterPlan) -> dict[str, int]:
+    """``ranks`` with peft's keys of fused expert tensors renamed to the plan's parameter names.
+
+    peft stores the LoRA of parameter ``owner.p`` under the wrapper's module path: the parameters of one
+    module are wrapped in model order, each around the last, so the last is ``owner`` itself and each
+    earlier one sits one ``.base_layer`` deeper. Its lora_A has ``rank × experts`` rows."""
+    out = dict(ranks)
+    owners: dict[str, list] = {}
+    for m in plan.injected():
+        if m.kind == "parameter":
+            owners.setdefault(m.name.rpartition(".")[0], []).append(m)
+    for owner, entries in owners.items():
+        for depth, m in enumerate(reversed(entries)):
+            key = owner + ".base_layer" * depth
+            if key in out:
+                out[m.name] = out.pop(key) // (m.shape[0] if len(m.shape) == 3 else 1)
+    return out
+
+
 def check_adapter(directory: Path, plan: AdapterPlan) -> None:
     """Refuse an adapter whose modules or ranks differ from the plan (a stale ``final/``, a wrong plan)."""
-    ranks = adapter_ranks(directory)
+    ranks = parameter_ranks(adapter_ranks(directory), plan)
     wanted = {m.name: m.rank for m in plan.injected()}
     problems = [f"{name}: rank {wanted.get(name, 0)} in the plan, {ranks.get(name, 0)} in the adapter"
                 for name in sorted(set(ranks) | set(wanted)) if ranks.get(name) != wanted.get(name)]

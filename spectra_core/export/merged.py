@@ -71,13 +71,14 @@ def dequantized_base(run: RunArtifacts) -> Any:
     """The base as the run's quantizer loads it, with every quantized weight dequantized to float32."""
     import torch
 
-    from spectra_core.builtins.coverage import dequantize_experts, restore_conv1d
+    from spectra_core.builtins.coverage import dequantize_experts, quantize_bnb_experts, restore_conv1d
     from spectra_core.registry import get_registry
     from spectra_core.targets import meta_model
 
     cfg = run.config
     quantizer = get_registry().create("quantizer", cfg.quantizer.name, cfg.quantizer.options)
     base = quantizer.load(run.base_model_dir(), trust_remote_code=cfg.model.trust_remote_code)
+    quantize_bnb_experts(base)  # the 4-bit experts training saw (dequantized below)
     if getattr(base, "hf_quantizer", None) is not None:
         base = base.dequantize()
     dequantize_experts(base)

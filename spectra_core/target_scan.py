@@ -1,0 +1,71 @@
+"""Scanning what the targets name: Conv1D weights turned ``out × in``, fused experts per expert slice, and
+checkpoints that store experts one by one read through the loaded model (so names are the loaded model's)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputError
+from .strategies import TargetModule
+from .targets import meta_model, model_class, slice_names
+
+if TYPE_CHECKING:
+    import torch
+
+
+def scan_targets(model_dir: Any, scorer: Any, targets: list[TargetModule], *, progress: bool = True,
+                 trust_remote_code: bool = False) -> Any:
+    """Scores of ``targets``, read from the checkpoint: Conv1D weights turned ``out × in``, fused experts
+    scored per expert and given the mean of their experts' finite scores (the per-expert scores are kept
+    in the scan cache). A checkpoint that stores experts one by one (transformers fuses them when
+    loading) is scanned from the float model loaded on the CPU, so the names are the loaded model's."""
+    from .scores import average_experts
+    from .spectral.scan import run_scan
+    from .spectral.sources import open_weights, transposed
+
+    names = [n for t in targets for n in slice_names(t)]
+    source = open_weights(model_dir)
+    experts = [n for t in targets if t.experts is not None for n in slice_names(t)]
+    if experts and not set(experts) <= set(source.names()):
+        source = open_weights(load_float(model_dir, trust_remote_code=trust_remote_code))
+    flip = [t.name for t in targets if t.fan_in_fan_out]
+    if flip:
+        source = transposed(source, flip)
+    return average_experts(run_scan(source, scorer, names=names, progress=progress).scores, [t.name for t in targets])
+
+
+def checkpoint_source(model_dir: Any, *, trust_remote_code: bool = False) -> Any:
+    """What ``spectra scan DIR`` reads: the weight files, unless they store MoE experts one by one
+    (``experts.N.w1``) while the loaded model fuses them (``experts.gate_up_proj``): then the float model
+    loaded on the CPU, so the scores name the loaded model's parameters. Any other directory: its path."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from .spectral.sources import open_weights
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        return model_dir
+    source = open_weights(path)
+    if not any(".experts." in n for n in source.names()):
+        return source
+    try:
+        model = meta_model(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
+                           trust_remote_code=trust_remote_code)
+    except (InputError, ValueError, OSError):
+        return source  # not a causal LM spectra trains: scan the files as they are
+    fused = [n for n, p in model.named_parameters() if p.ndim == 3]
+    if not fused or f"{fused[0]}.0" in set(source.names()):
+        return source
+    return open_weights(load_float(path, trust_remote_code=trust_remote_code))
+
+
+def load_float(model_dir: Any, *, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The model in float32 on the CPU, from safetensors."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    return model_class(config).from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
+                                               trust_remote_code=trust_remote_code)
