@@ -234,3 +234,29 @@ def test_a_3d_expert_parameter_handle_gives_the_delta_the_forward_uses():
         plain = Holder()
         plain.experts.weight.copy_(handle.effective_weight())
         torch.testing.assert_close(got, plain(x), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_experts_resize_expert_by_expert_with_adam_state():
+    """Shrinking the LoRA of a fused 3-D expert tensor keeps each expert's best rank-k update (truncated
+    SVD per expert); AdamW's moments follow into the new shapes and the next step runs."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(Holder(), LoraConfig(r=4, lora_alpha=8, target_parameters=["experts.weight"],
+                                                init_lora_weights=False))
+    (name, layer), = lora_layers(model).items()
+    handle = AdapterHandle(name, layer)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(1))
+    model(x).square().mean().backward()
+    optimizer.step()
+    before = handle.delta()
+    done = resize_lora(layer, 2, 4.0, use_rslora=False, optimizer=optimizer)
+    assert handle.rank == 2 and layer.lora_A["default"].weight.shape[0] == 4  # 2 experts × rank 2
+    for e in range(2):
+        u, s, vh = torch.linalg.svd(before[e].double())
+        torch.testing.assert_close(handle.delta()[e].double(), (u[:, :2] * s[:2]) @ vh[:2], rtol=1e-4, atol=1e-5)
+    assert 0 < done.energy_kept < 1
+    model(x).square().mean().backward()
+    optimizer.step()  # the moments were remapped to the new shapes
+    assert all(optimizer.state[p]["exp_avg"].shape == p.shape for p in model.parameters() if p.requires_grad)

@@ -233,53 +233,6 @@ def test_docs_table_is_generated_from_the_matrix(models):
         "docs/architectures.md is out of date: paste the output of `python tests/arch_fixtures.py`"
 
 
-def test_fused_experts_resize_expert_by_expert_with_adam_state():
-    """Shrinking the LoRA of a fused 3-D expert tensor keeps each expert's best rank-k update (truncated
-    SVD per expert); AdamW's moments follow into the new shapes and the next step runs."""
-    from peft import LoraConfig, get_peft_model
-
-    from spectra_core.adapters import AdapterHandle, lora_layers, resize
-
-    class Experts(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gate_up_proj = torch.nn.Parameter(torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(0)))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([x[i] @ self.gate_up_proj[i % 3].T for i in range(x.shape[0])])
-
-    class Holder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.experts = Experts()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.experts(x)
-
-    torch.manual_seed(0)
-    model = get_peft_model(Holder(), LoraConfig(r=4, lora_alpha=8, target_parameters=["experts.gate_up_proj"],
-                                                init_lora_weights=False))
-    (name, layer), = lora_layers(model).items()
-    handle = AdapterHandle(name, layer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
-    x = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(1))
-    model(x).square().mean().backward()
-    optimizer.step()
-    before = handle.delta()
-    done = resize(layer, 2, 4.0, use_rslora=False, optimizer=optimizer)
-    assert handle.rank == 2 and layer.lora_A["default"].weight.shape == (6, 8)
-    assert layer.lora_B["default"].weight.shape == (10, 6)
-    for e in range(3):
-        u, s, vh = torch.linalg.svd(before[e].double())
-        best = (u[:, :2] * s[:2]) @ vh[:2]
-        torch.testing.assert_close(handle.delta()[e].double(), best, rtol=1e-4, atol=1e-5)
-    assert 0 < done.energy_kept < 1
-    model(x).square().mean().backward()
-    optimizer.step()  # the moments were remapped to the new shapes
-    assert all(optimizer.state[p]["exp_avg"].shape == p.shape for p in model.parameters() if p.requires_grad)
-
-
 def test_gpt2_conv1d_is_a_target_scanned_out_by_in(models, corpus, tmp_path):
     """GPT-2's Conv1D (stored in × out) is a target; the scan sees it out × in like any linear."""
     model_dir = models("gpt2")
