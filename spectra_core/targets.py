@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import TargetsConfig
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .spectral.types import module_type
 from .strategies import TargetModule
 
@@ -198,4 +198,9 @@ def fit_plan(plan: Any, targets: list[TargetModule]) -> Any:
         entry = plan.modules.get(t.name)
         if entry is not None and t.kind == "parameter":
             entry.kind, entry.shape = "parameter", t.shape()
+    fused = [m.name for m in plan.injected() if m.kind == "parameter"]
+    if fused and plan.init.name != "default":
+        raise ConfigError(f"lora_init {plan.init.name!r} does not initialise fused MoE expert tensors ({len(fused)} in "
+                          f"the plan, e.g. {fused[0]}): peft's {plan.init.name} works on linear layers",
+                          hint="use lora_init: {name: default}, or leave the experts out (targets.exclude: ['experts'])")
     return plan

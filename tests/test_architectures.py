@@ -243,3 +243,16 @@ def test_gpt2_conv1d_is_a_target_scanned_out_by_in(models, corpus, tmp_path):
     assert (c_attn.out_features, c_attn.in_features) == (192, 64)
     scores = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run")).scan(progress=False)
     assert scores.by_name()[c_attn.name].shape == (192, 64)
+
+
+def test_eva_or_loftq_init_on_fused_experts_is_refused(models):
+    from spectra_core.errors import ConfigError
+    from spectra_core.plan import AdapterPlan, LoraInit, ModulePlan
+    from spectra_core.targets import fit_plan
+
+    targets = survey_model(models("mixtral"), TargetsConfig()).targets
+    plan = AdapterPlan(allocator="test", init=LoraInit(name="eva"), modules={t.name: ModulePlan(
+        name=t.name, type=t.type, shape=(t.out_features, t.in_features), active=True, rank=2, alpha=4.0)
+        for t in targets})
+    with pytest.raises(ConfigError, match="fused MoE expert"):
+        fit_plan(plan, targets)
