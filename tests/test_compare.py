@@ -1,4 +1,4 @@
-"""`spectra compare` on a tiny random Llama: 2 arms × 3 LRs (one diverges) × 2 seeds, real subprocesses, real files.
+"""`spectra compare` on a tiny random Llama: 2 arms × 2 LRs × 2 seeds, real subprocesses, real files.
 
 Arms: ``half`` (spectrum-top on half of each module type, rank 4) and ``all-lower`` (every module,
 its rank solved so its trainable parameters match ``half``)."""
@@ -33,7 +33,7 @@ def compare_yaml(tmp: Path, model_dir: Path, name: str = "compare") -> Path:
     base["data"]["max_length"] = 24
     cfg = {"base": base, "reference": "half", "output_dir": str(tmp / name),
            "split": {"validation_fraction": 0.15, "heldout_fraction": 0.1},
-           "budget": {"steps": 3, "seeds": [0, 1], "learning_rates": [1e-3, 2e-2, 1e9], "tune_seeds": [0]},
+           "budget": {"steps": 3, "seeds": [0, 1], "learning_rates": [1e-3, 2e-2], "tune_seeds": [0]},
            "arms": {"half": {},
                     "all-lower": {"allocator": {"name": "spectrum-top", "options": {"top_fraction": 1.0, "rank": 1,
                                                                                     "alpha": 2}},
@@ -72,14 +72,12 @@ def test_compare_writes_table_plot_and_json(finished):
         assert row["seeds"] == [0, 1] and row["loss"] < row["start"]
         assert row["step_time_s"] > 0 and row["peak_rss_mib"] > row["above_model_mib"] > 0
         grid = row["validation_by_lr"]
-        assert grid.pop("1e+09") == "diverged"  # NaN loss: a result (this LR does not train), never chosen
         assert row["lr"] == float(min(grid, key=grid.get))  # chosen on the validation loss
     lower = summary["rows"][1]
     assert lower["vs_reference"][2] == 2  # paired over both seeds
-    assert len(cell_records(out)) == 8  # (3 LRs on seed 0 + seed 1 at the chosen LR) × 2 arms
+    assert len(cell_records(out)) == 6  # (2 LRs on seed 0 + seed 1 at the chosen LR) × 2 arms
     table = (out / "table.md").read_text()
     assert "| half |" in table and "| all-lower |" in table and "Δ vs half (paired)" in table
-    assert "1e+09: diverged" in table
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "| half |" in res.stdout
 
@@ -141,11 +139,11 @@ def test_killed_compare_resumes_and_gives_the_same_table(finished, tiny_model_di
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     finished_before = {r["key"] for r in cell_records(out)}
-    assert 2 <= len(finished_before) < 8
+    assert 2 <= len(finished_before) < 6
     res = subprocess.run(spectra_cmd("compare", str(path)), env=cli_env(), capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     records = cell_records(out)
-    assert len(records) == 8 and len({r["key"] for r in records}) == 8  # finished cells were not rerun
+    assert len(records) == 6 and len({r["key"] for r in records}) == 6  # finished cells were not rerun
     assert table_body(out) == table_body(reference_out)  # same LRs, losses, Δ and parameters
 
 
@@ -191,8 +189,6 @@ def test_lr_is_chosen_on_validation_never_on_heldout(finished, tmp_path):
     for lr, val, held in ((1e-3, 2.0, 1.0), (2e-2, 1.5, 3.0)):  # held-out favours 1e-3, validation 2e-2
         key = job_key(compare._key_spec("cell", compare.cell_config(Cell("half", lr, 0))))
         store.append(key, {"job": "cell"}, {"validation_loss": val, "heldout_loss": held})
-    key = job_key(compare._key_spec("cell", compare.cell_config(Cell("half", 1e9, 0))))
-    store.append(key, {"job": "cell"}, {"diverged": "loss is NaN", "validation_loss": None})
     assert compare.chosen_lr("half") == 2e-2
 
 
