@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 IDLE_LOAD = 0.5  # 1-minute load average before the run, at most
@@ -52,8 +53,8 @@ def other_running(root: int, table: dict[int, tuple[str, int]] | None = None) ->
 class LoadMonitor:
     """Samples :func:`other_running` every ``interval`` seconds on a daemon thread."""
 
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval, self.samples = interval, []
+    def __init__(self, interval: float = 1.0, settle_s: float = 240.0) -> None:
+        self.interval, self.samples, self.settle_s, self.waited_s = interval, [], settle_s, 0.0
         self.before = self.after = (0.0, 0.0, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -63,10 +64,20 @@ class LoadMonitor:
             self.samples.append(other_running(os.getpid()))
 
     def __enter__(self) -> LoadMonitor:
+        self._settle()
         self.before = load_average()
         self.samples.append(other_running(os.getpid()))
         self._thread.start()
         return self
+
+    def _settle(self) -> None:
+        """Wait (up to ``settle_s``) while nothing else runs but the 1-minute load average still decays
+        from an earlier job (e.g. the previous benchmark run), so a quiet machine is judged idle."""
+        start = time.monotonic()
+        while (load_average()[0] > IDLE_LOAD and other_running(os.getpid()) == 0
+               and time.monotonic() - start < self.settle_s):
+            time.sleep(5)
+        self.waited_s = round(time.monotonic() - start, 1)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -77,7 +88,7 @@ class LoadMonitor:
         mean = sum(self.samples) / len(self.samples)
         return {"loadavg_before": self.before, "loadavg_after": self.after,
                 "other_running_mean": round(mean, 2), "other_running_max": max(self.samples),
-                "samples": len(self.samples),
+                "samples": len(self.samples), "settle_wait_s": self.waited_s,
                 "idle": self.before[0] <= IDLE_LOAD and mean <= IDLE_OTHERS,
                 "idle_rule": f"1-min load before <= {IDLE_LOAD} and mean other runnable processes <= {IDLE_OTHERS}"}
 

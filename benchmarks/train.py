@@ -65,7 +65,7 @@ def run_qlora_all(args: argparse.Namespace) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from spectra_core.builtins.quantizers import guard_cpu_repack
+    from spectra_core.quantized import guard_bnb_cpu_repack
     from spectra_core.config import DataConfig, ModelConfig
     from spectra_core.data import collate, load_data
     from spectra_core.models import resolve_model_dir
@@ -78,7 +78,7 @@ def run_qlora_all(args: argparse.Namespace) -> dict:
                                bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=torch.bfloat16,
                                                  device_map="cpu", use_safetensors=True)
-    guard_cpu_repack(model)
+    guard_bnb_cpu_repack(model)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear",
                                              lora_dropout=0, task_type="CAUSAL_LM"))

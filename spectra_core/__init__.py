@@ -2,10 +2,11 @@
 
 The public API for plugin authors is what this module exports: :data:`hookimpl`, the stage bases,
 the data they exchange (plans, scores, sessions, handles) and the changes gradient mergers and
-rebalancers propose (:mod:`spectra_core.changes`). Nothing else is promised to stay stable.
+rebalancers propose (:mod:`spectra_core.changes`), and peft's own target matching, KappaTune order and k-bit
+preparation for strategies that reproduce plain-peft baselines or load a base. Nothing else is promised to stay stable.
 """
 
-from .adapters import AdapterHandle
+from .adapters import AdapterHandle, kappatune_order, peft_matches, prepare_for_kbit_training
 from .changes import Change, ModuleChange, Tie, Untie, activate, annotate, deactivate, resize
 from .hookspecs import hookimpl
 from .plan import AdapterPlan, LoraInit, ModulePlan, PlanChange
@@ -35,6 +36,7 @@ __all__ = [
     "AdapterHandle", "AdapterPlan", "Allocator", "CalibratedScorer", "Change", "Exporter", "GradientMerger",
     "GroupGradients", "LoraInit", "Method", "ModuleChange", "ModulePlan", "ModuleScore", "PlanChange", "Quantizer", "Rebalancer",
     "RescoringRebalancer", "RunArtifacts", "Scorer", "Scores", "StrategyOptions", "StrategySection", "TargetModule",
-    "Tie", "TrainingSession", "Untie", "WeightSource", "activate", "annotate", "deactivate", "hookimpl", "resize",
+    "Tie", "TrainingSession", "Untie", "WeightSource", "activate", "annotate", "deactivate", "hookimpl",
+    "kappatune_order", "peft_matches", "prepare_for_kbit_training", "resize",
     "__version__",
 ]

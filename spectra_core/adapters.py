@@ -17,13 +17,15 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import InputError
-from .plan import AdapterPlan
-from .spectral.sources import dense_weight
+from .errors import ConfigError, InputError
+from .quantized import dense_weight
+
+if TYPE_CHECKING:
+    from .plan import AdapterPlan
 
 ADAPTER = "default"
 PEFT_PREFIX = "base_model.model."
@@ -234,18 +236,22 @@ def base_weight(layer: torch.nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def delta(layer: torch.nn.Module) -> torch.Tensor:
+def delta(layer: torch.nn.Module, adapter: str = ADAPTER) -> torch.Tensor:
     """The LoRA update ``scaling · B · A`` in the base weight's layout (``out × in`` for a Conv1D too;
     a parameter target's own layout), float32 (peft's own formula)."""
-    update = layer.get_delta_weight(ADAPTER).float()
+    update = layer.get_delta_weight(adapter).float()
     return update.T if getattr(layer, "fan_in_fan_out", False) else update
 
 
 @torch.no_grad()
-def effective_weight(layer: torch.nn.Module) -> torch.Tensor:
-    """Base weight + LoRA update (float32); an update already merged into the base is not added twice."""
+def effective_weight(layer: torch.nn.Module, *, all_active: bool = False) -> torch.Tensor:
+    """Base weight + LoRA update (float32); an update already merged into the base is not added twice.
+    ``all_active``: the update of every adapter peft has active on the layer (any peft model), not only ours."""
     weight = base_weight(layer)
-    return weight if is_merged(layer) else weight + delta(layer)
+    for adapter in (layer.active_adapters if all_active else [ADAPTER]):
+        if adapter in layer.lora_A and adapter not in getattr(layer, "merged_adapters", []):
+            weight = weight + delta(layer, adapter)
+    return weight
 
 
 def factored_svd(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -609,3 +615,103 @@ class MemberGradients:
             output.register_hook(on_grad)
 
         return hook
+
+
+# ----- the quantized base -----------------------------------------------------------------------------
+def prepare_for_kbit_training(model: torch.nn.Module) -> torch.nn.Module:
+    """peft's ``prepare_model_for_kbit_training`` without its gradient checkpointing (the trainer enables
+    non-reentrant checkpointing itself when ``training.gradient_checkpointing`` is set, so frozen
+    layers below the lowest adapter need no input gradients)."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+# ----- data- and quantization-aware init (the plan's ``init``) --------------------------------------------
+def eva_config(fields: dict[str, Any]) -> Any:
+    """peft's ``EvaConfig`` from a plan's ``init.eva`` fields (peft validates them: unknown fields, rho < 1)."""
+    from peft import EvaConfig
+
+    return EvaConfig(**fields)
+
+
+def init_config_kwargs(plan: AdapterPlan) -> dict[str, Any]:
+    """Extra ``LoraConfig`` fields for the plan's init (EVA is chosen when the config is made)."""
+    if plan.init.name != "eva":
+        return {}
+    return {"init_lora_weights": "eva", "eva_config": eva_config(plan.init.eva)}
+
+
+def initialize_eva(model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, tuple[int, float]]:
+    """peft's EVA on ``batches``; returns the rank and alpha EVA gave each plan module (0 when it removed one)."""
+    from peft import initialize_lora_eva_weights
+
+    initialize_lora_eva_weights(model, dataloader=batches, adapter_name=ADAPTER, show_progress_bar=False)
+    return {name: (layer.r[ADAPTER], float(layer.lora_alpha[ADAPTER])) for name, layer in lora_layers(model).items()}
+
+
+def initialize_loftq(model: Any, originals: Callable[[list[str]], Iterator[tuple[str, torch.Tensor]]],
+                     model_path: str) -> None:
+    """Every LoRA starts as LoftQ's correction of its bitsandbytes 4-bit base weight: peft's
+    ``replace_lora_weights_loftq`` on CUDA/XPU (peft 0.21 hard-codes the device), else the same single
+    LoftQ step on the CPU from ``originals(names)`` (the float weights): the rank-r truncated SVD of
+    original − dequantized, A = √S·Vᵀ, B = U·√S."""
+    from peft.tuners.lora import Linear4bit
+
+    layers = lora_layers(model)
+    not_4bit = [name for name, layer in layers.items() if not isinstance(layer, Linear4bit)]
+    if not_4bit:
+        raise ConfigError(f"LoftQ init corrects bitsandbytes 4-bit quantization, but {not_4bit[0]} "
+                         f"({len(not_4bit)} modules) is not a 4-bit layer", hint="use quantizer: {name: bnb-nf4}")
+    if next(iter(layers.values())).get_base_layer().weight.device.type in ("cuda", "xpu"):
+        from peft import replace_lora_weights_loftq
+
+        replace_lora_weights_loftq(model, model_path=model_path, adapter_name=ADAPTER)
+        return
+    with torch.no_grad():
+        for name, original in originals(list(layers)):
+            layer = layers[name]
+            u, s, vh = torch.linalg.svd(original.float() - base_weight(layer), full_matrices=False)
+            r = layer.r[ADAPTER]
+            root = s[:r].sqrt()
+            a, b = factors(layer)["A"], factors(layer)["B"]
+            a.data = (root[:, None] * vh[:r]).to(a.dtype)
+            b.data = (u[:, :r] * root).to(b.dtype)
+
+
+# ----- reading adapter configs, and peft's own selectors (for baseline strategies) ---------------------------
+def pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
+    """A ``rank_pattern``/``alpha_pattern`` entry for ``module``, matched as peft matches it, else ``default``."""
+    from peft.utils.other import get_pattern_key
+
+    return pattern.get(get_pattern_key(pattern.keys(), module), default) if pattern else default
+
+
+def peft_matches(names: list[str], **config: Any) -> list[str]:
+    """The module names peft's own matching adapts under ``LoraConfig(**config)`` (``target_modules``,
+    ``layers_to_transform``, ``layers_pattern``, ...)."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    lora_config_ = LoraConfig(**config)
+    return [n for n in names if check_target_module_exists(lora_config_, n)]
+
+
+def kappatune_order(weights: list[tuple[str, torch.Tensor]], max_dim_size_to_analyze: int) -> list[str]:
+    """peft KappaTune's order of the named 2-D ``weights`` (best-conditioned first; larger ones left out).
+    The weights are placed, under their own names, in a module tree of ``nn.Linear`` shells (no copy)."""
+    from peft.helpers import KappaTuneSelector
+
+    root = torch.nn.Module()
+    for name, w in weights:
+        *parents, leaf = name.split(".")
+        node = root
+        for part in parents:
+            if not hasattr(node, part):
+                node.add_module(part, torch.nn.Module())
+            node = getattr(node, part)
+        linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+        linear.weight = torch.nn.Parameter(w.float(), requires_grad=False)
+        node.add_module(leaf, linear)
+    selector = KappaTuneSelector(root, max_dim_size_to_analyze=max_dim_size_to_analyze, show_progress=False)
+    return list(selector.get_best_targets())

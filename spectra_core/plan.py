@@ -71,9 +71,9 @@ class LoraInit(BaseModel):
         if self.eva:
             if self.name != "eva":
                 raise ValueError(f"eva options are given but the init is {self.name!r}")
-            from peft import EvaConfig
+            from .adapters import eva_config
 
-            EvaConfig(**self.eva)  # peft's own validation: unknown fields, rho < 1, ...
+            eva_config(self.eva)  # peft's own validation: unknown fields, rho < 1, ...
         return self
 
 

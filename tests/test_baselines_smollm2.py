@@ -37,7 +37,7 @@ def test_loftq_corrects_every_smollm2_module_toward_its_original_weight(model_di
     """Every injected LoRA holds its module's optimal rank-16 correction (the weight error shrinks in
     each of the 210 modules); whether that lowers the loss is measured by benchmarks/loftq.py."""
     from spectra_core.plan import AdapterPlan, LoraInit, ModulePlan
-    from spectra_core.spectral.sources import dense_weight
+    from spectra_core.quantized import dense_weight
     from spectra_core.adapters import lora_layers
     from spectra_core.training.modeling import build_peft_model
 

@@ -35,7 +35,7 @@ def test_a_busy_child_of_another_process_counts_and_our_own_does_not():
 
 
 def test_monitor_reports_load_and_the_idle_rule():
-    with machine_load.LoadMonitor(interval=0.05) as monitor:
+    with machine_load.LoadMonitor(interval=0.05, settle_s=0) as monitor:
         sum(range(10**6))
     report = monitor.report()
     assert len(report["loadavg_before"]) == 3 and report["samples"] >= 1

@@ -91,6 +91,24 @@ def test_equal_budget_solver_lands_within_5_percent(finished):
     assert solved["knob"] == "allocator.options.rank" and solved["value"] > 1 and solved["target"] == half
 
 
+def test_an_arm_that_trains_off_budget_is_flagged(finished):
+    """The solver counts the plan; what trains can differ (EVA redistributes ranks at init): the report
+    then marks the arm's parameters as off budget instead of presenting an unequal comparison as equal."""
+    from spectra_core.compare.report import markdown, summarize
+
+    path, out, _ = finished
+    compare = Compare(load_compare(path), out, report_only=True)
+    compare.prepare()
+    for arm in compare.config.arms:
+        compare.resolve_budget(arm)
+    rows = {r["arm"]: r for r in summarize(compare)}
+    assert rows["all-lower"]["budget_miss"] is None and "off budget" not in markdown(list(rows.values()), "half")
+    compare.solved["all-lower"]["target"] *= 2  # as if the arm trained half the parameters it was solved for
+    rows = {r["arm"]: r for r in summarize(compare)}
+    assert rows["all-lower"]["budget_miss"] == pytest.approx(-0.5, abs=0.03)
+    assert "off budget**" in markdown(list(rows.values()), "half").split("| all-lower |")[1].splitlines()[0]
+
+
 def test_solver_refuses_a_budget_it_cannot_reach(tiny_model_dir, tmp_path):
     cfg = config_dict(tiny_model_dir, write_text(tmp_path / "d.txt"), tmp_path / "r")
     cfg["allocator"]["options"].update(top_fraction=1.0, rank=2)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -47,6 +49,18 @@ def test_stock_peft_loads_export_with_trained_logits(fixture, tmp_path, live):
     card = (out / "README.md").read_text()
     assert str(fixture.base_dir) in card and "export-fixture" in card and "self_attn.q_proj" in card
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temp dir left beside it
+
+
+def test_model_card_load_snippet_runs_as_written(fixture, tmp_path):
+    """The card's Python block, run as a user would paste it (a fresh interpreter, another directory),
+    loads the base and the adapter with stock peft and generates."""
+    out = PeftAdapterExporter().export(_run(fixture, live=False), tmp_path / "adapter")
+    card = (out / "README.md").read_text()
+    snippet = card.split("## Load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert f'adapter_dir = "{out.resolve()}"' in snippet
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip(), "the snippet prints the generated text"
 
 
 def test_adapter_not_matching_plan_is_refused_and_nothing_changes(fixture, tmp_path):

@@ -18,7 +18,8 @@ from spectra_core.pipeline import Pipeline
 from spectra_core.plan import LoraInit
 from spectra_core.registry import get_registry
 from spectra_core.run import Run
-from spectra_core.spectral.sources import dense_weight, safetensors_source
+from spectra_core.quantized import dense_weight
+from spectra_core.spectral.sources import safetensors_source
 from spectra_core.adapters import lora_layers
 from spectra_core.training.modeling import build_peft_model
 

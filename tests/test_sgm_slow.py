@@ -19,8 +19,8 @@ def test_sgm_demo_calibrates_groups_trains_and_exports(run_cli, tmp_path):
 
     from spectra_core.registry import get_registry
     from spectra_core.run import Run
-    from spectra_core.adapters import lora_layers
-    
+    from spectra_core.adapters import factors, lora_layers
+
     out = tmp_path / "run"
     proc = run_cli("train", CONFIG, "training.max_steps=4", "training.eval_every=4", f"output_dir={out}",
                    timeout=1500)

@@ -295,7 +295,8 @@ def qlora_all_arm(model_dir: Path, data: Path, sizes: Sizes, batch: int, checkpo
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from spectra_core.builtins.quantizers import device_map, guard_cpu_repack, resolve_compute_dtype
+    from spectra_core.builtins.quantizers import device_map, resolve_compute_dtype
+    from spectra_core.quantized import guard_bnb_cpu_repack
     from spectra_core.config import DataConfig
     from spectra_core.data import collate, load_data
 
@@ -307,7 +308,7 @@ def qlora_all_arm(model_dir: Path, data: Path, sizes: Sizes, batch: int, checkpo
                                bnb_4bit_compute_dtype=compute)
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=compute,
                                                  device_map=device_map(), use_safetensors=True)
-    guard_cpu_repack(model)
+    guard_bnb_cpu_repack(model)
     model.config.use_cache = False
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from spectra_core.adapters import prepare_for_kbit_training
+from spectra_core.quantized import guard_bnb_cpu_repack
 from spectra_core.strategies import Quantizer, StrategyOptions
 
 from .coverage import plain_linears, quantize_bnb_subclasses
@@ -87,7 +89,6 @@ class BnbNF4Quantizer(Quantizer):
         double_quant: bool = Field(default=True, description="Quantize the block scales too (~0.4 bit/param saved).")
 
     def load(self, model_dir: Path, *, trust_remote_code: bool = False):
-        from peft import prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         compute = _dtype(self.options.compute_dtype)
@@ -99,10 +100,10 @@ class BnbNF4Quantizer(Quantizer):
             trust_remote_code=trust_remote_code, use_safetensors=True)
         quantize_bnb_subclasses(model, quant)  # e.g. Falcon's FalconLinear, which transformers leaves in float
         # fused 3-D MoE experts: quantized once their LoRA is in place (spectra_core.adapters.inject)
-        guard_cpu_repack(model)
+        guard_bnb_cpu_repack(model)
         # gradient checkpointing is switched on by the trainer (training.gradient_checkpointing),
         # non-reentrant, so frozen layers below the first adapter need no input gradients
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return prepare_for_kbit_training(model)
 
     def bytes_per_param(self) -> float:
         # 4-bit codes + one absmax per 64-weight block: 8-bit (+ fp32 per 256 blocks) with double
@@ -155,22 +156,6 @@ def to_nf4_weight(weight):
         raise ValueError(f"torchao NF4 needs a multiple of {NF4_BLOCK} weights, got shape {tuple(weight.shape)}")
     scaler_block = max(d for d in range(1, 257) if blocks % d == 0)
     return to_nf4(weight, NF4_BLOCK, scaler_block)
-
-
-def guard_cpu_repack(model) -> int:
-    """Stop bitsandbytes ≥0.49 from repacking 4-bit weights in place on avx512_bf16 CPUs.
-
-    An eval-mode no-grad forward would otherwise rewrite the weight layout, after which LoRA gets no
-    gradients and ``dequantize_4bit`` returns wrong values. Returns the number of layers guarded.
-    """
-    import bitsandbytes as bnb
-
-    count = 0
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-            count += 1
-    return count
 
 
 def base_bytes_per_param(quantizer: Quantizer) -> float:

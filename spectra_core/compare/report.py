@@ -48,6 +48,10 @@ def arm_row(compare: Any, arm: str, reference: dict[int, float] | None, base_pea
         row["vs_reference"] = list(mean_std(diffs)) + [len(diffs)] if diffs else None
     first = next(iter(runs.values()))
     row["trainable_parameters"] = first["trainable_parameters"]
+    solved = compare.solved.get(arm)
+    if solved:  # the plan met the budget; what trained may not (EVA redistributes ranks at init)
+        miss = first["trainable_parameters"] / solved["target"] - 1
+        row["budget_miss"] = miss if abs(miss) > compare.config.arms[arm].tolerance else None
     row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs.values())
     row["above_model_mib"] = row["peak_rss_mib"] - base_peak if base_peak is not None else None
     cuda = [r["cuda_peak_mib"] for r in runs.values() if r.get("cuda_peak_mib") is not None]
@@ -96,7 +100,9 @@ def markdown(rows: list[dict[str, Any]], reference: str | None) -> str:
         delta = "reference" if r["arm"] == reference else ("–" if not vs else _pm(vs[0], vs[1], "{:+.4f}"))
         above = "–" if r["above_model_mib"] is None else f"{r['above_model_mib']:.0f}"
         cells = [r["arm"], lr, _pm(r["loss"], r["loss_std"]), delta, f"{r['start']:.4f}",
-                 f"{r['trainable_parameters']:,}", f"{r['peak_rss_mib']:.0f}", above,
+                 f"{r['trainable_parameters']:,}" + (f" (**{r['budget_miss']:+.1%} off budget**)"
+                                                      if r.get("budget_miss") is not None else ""),
+                 f"{r['peak_rss_mib']:.0f}", above,
                  *([f"{r['cuda_peak_mib']:.0f}" if r["cuda_peak_mib"] is not None else "–"] if cuda else []),
                  f"{r['step_time_s']:.3f}", f"{len(r['seeds'])}/{r['seeds_planned']}"
                  + (f" ({len(r['diverged_seeds'])} diverged)" if r["diverged_seeds"] else "")]

@@ -27,15 +27,13 @@ _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?
 
 def module_scaling(config: dict[str, Any], module: str, rank: int) -> float:
     """peft's scaling of ``module`` under ``config`` (patterns matched as peft matches them)."""
-    from peft.utils.other import get_pattern_key
+    from spectra_core.adapters import pattern_value
 
-    alpha_pattern = config.get("alpha_pattern") or {}
-    rank_pattern = config.get("rank_pattern") or {}
-    expected = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), config["r"])
+    expected = pattern_value(config.get("rank_pattern") or {}, module, config["r"])
     if expected != rank:
         raise InputError(f"{module}: adapter_config.json says rank {expected}, the stored weights have rank {rank}",
                          hint="the adapter directory is inconsistent; export it again from the run")
-    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), config["lora_alpha"])
+    alpha = pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"])
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 

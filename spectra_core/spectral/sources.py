@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from spectra_core.errors import InputError
+from spectra_core.quantized import dense_weight, guard_bnb_cpu_repack
 
 from .phases import phase
 from .safetensors_io import FLOAT_DTYPES, TensorInfo, read_header, read_tensor
@@ -218,41 +219,6 @@ _PEFT_PREFIX = "base_model.model."
 _LORA_PART = re.compile(r"\.(lora_[A-Za-z_]+|base_layer)(\.|$)")
 
 
-def guard_bnb_cpu_repack(model: torch.nn.Module) -> None:
-    """Stop bitsandbytes ≥0.49 from repacking 4-bit weights in place on avx512_bf16 CPUs."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return
-    for m in model.modules():
-        if isinstance(m, bnb.nn.Linear4bit):
-            m.support_avx512bf16_for_cpu = False
-
-
-def dense_weight(module: torch.nn.Module) -> torch.Tensor:
-    """A linear layer's weight as a dense tensor: bitsandbytes 4-bit and torchao NF4 are dequantized."""
-    w = module.weight
-    state = getattr(w, "quant_state", None)
-    if state is not None:  # bitsandbytes Params4bit
-        import bitsandbytes.functional as bf
-
-        return bf.dequantize_4bit(w.data, state).float()
-    if hasattr(w, "get_original_weight"):  # torchao NF4Tensor
-        return w.get_original_weight().float()
-    if w.dtype in (torch.int8, torch.uint8) and hasattr(module, "state"):  # bnb 8-bit
-        raise InputError(f"module {type(module).__name__} holds 8-bit weights; scan the float checkpoint instead")
-    return w.detach()
-
-
-def with_lora_delta(module: torch.nn.Module, dense: torch.Tensor, adapters: Iterable[str]) -> torch.Tensor:
-    """``dense`` (the base weight of peft layer ``module``) plus the delta of each of ``adapters`` the
-    layer carries, in float32; adapters already merged into the base weight are not added twice."""
-    for adapter in adapters:
-        if adapter in getattr(module, "lora_A", {}) and adapter not in getattr(module, "merged_adapters", []):
-            dense = dense.float() + module.get_delta_weight(adapter).float()
-    return dense
-
-
 def module_source(model: torch.nn.Module, names: Iterable[str] | None = None,
                   effective: bool = False) -> EntrySource:
     """Weights of a loaded model (plain, bitsandbytes 4-bit, or peft-wrapped).
@@ -275,10 +241,11 @@ def module_source(model: torch.nn.Module, names: Iterable[str] | None = None,
         shape = tuple(getattr(getattr(w, "quant_state", None), "shape", None) or w.shape)
 
         def load(module=module, target=target) -> torch.Tensor:
-            dense = dense_weight(target)
             if effective and target is not module:
-                dense = with_lora_delta(module, dense, getattr(module, "active_adapters", []))
-            return dense
+                from spectra_core.adapters import effective_weight
+
+                return effective_weight(module, all_active=True)
+            return dense_weight(target)
 
         entries.extend(_expand(name, shape, load))
         flat = w.detach().reshape(-1)

@@ -48,11 +48,10 @@ def build_peft_model(base: Any, plan: AdapterPlan, *, seed: int = 0, batches: Ba
     LoRA weight); groups tied and requires_grad following the plan afterwards."""
     adapters.check_plan(plan, base)
     plan.check_init()
-    extra = lora_init.lora_config_kwargs(plan) if initialize else {}
+    extra = adapters.init_config_kwargs(plan) if initialize else {}
 
     def init(model: Any) -> None:
-        lora_init.initialize(model, plan, lambda: adapters.lora_layers(model), adapter=adapters.ADAPTER,
-                             batches=batches, model_dir=model_dir)
+        lora_init.initialize(model, plan, batches=batches, model_dir=model_dir)
 
     model = adapters.inject(base, plan, seed=seed, config=extra, initialize=init if initialize else None)
     drop_input_grad_hook(model.get_base_model())

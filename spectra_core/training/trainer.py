@@ -77,7 +77,7 @@ class Trainer:
         self.pipeline = pipeline
         self.config = pipeline.config
         self.tcfg = pipeline.config.training
-        self.plan = plan
+        self.plan = plan.model_copy(deep=True) if plan is not None else None  # the caller's plan stays as given
         self.scores = scores
         self.run_dir = Path(pipeline.output_dir)
         self._signal: int | None = None

@@ -1,6 +1,7 @@
 """Allocator ``peft-targets``: the modules a plain ``peft.LoraConfig`` would adapt, one rank for all.
 
-Which modules are adapted is decided by peft itself (``check_target_module_exists`` on a ``LoraConfig``
+Which modules are adapted is decided by peft itself (``check_target_module_exists`` on a ``LoraConfig``,
+through ``spectra_core.peft_matches``
 with the given ``target_modules`` / ``layers_to_transform`` / ``layers_pattern``), so the arm is exactly
 what a peft user gets from that config. Optionally only the global top fraction of the matched modules
 by score trains (KappaTune's ``get_best_targets(top_p)`` rule, k = max(1, int(n·p))).
@@ -12,7 +13,8 @@ import math
 
 from pydantic import Field, model_validator
 
-from spectra_core import AdapterPlan, Allocator, LoraInit, ModulePlan, Scores, StrategyOptions, TargetModule
+from spectra_core import (AdapterPlan, Allocator, LoraInit, ModulePlan, Scores, StrategyOptions, TargetModule,
+                          peft_matches)
 from spectra_core.errors import ConfigError, InputError
 from spectra_core.spectral.types import layer_count
 
@@ -48,10 +50,8 @@ class PeftTargets(Allocator):
                 raise ValueError("give either last_layers or layers_to_transform, not both")
             return self
 
-    def lora_config(self, targets: list[TargetModule]):
-        """The peft ``LoraConfig`` whose target matching decides the adapted modules."""
-        from peft import LoraConfig
-
+    def lora_config(self, targets: list[TargetModule]) -> dict:
+        """The ``peft.LoraConfig`` fields whose target matching decides the adapted modules."""
         opts = self.options
         layers = opts.layers_to_transform
         if opts.last_layers is not None:
@@ -61,19 +61,18 @@ class PeftTargets(Allocator):
                                   f"{depth} layers", hint=f"use last_layers ≤ {depth}")
             layers = list(range(depth - opts.last_layers, depth))
         types = opts.target_modules or sorted({t.type for t in targets})
-        return LoraConfig(r=opts.rank, target_modules=types, layers_to_transform=layers,
-                          layers_pattern=opts.layers_pattern)
+        return {"r": opts.rank, "target_modules": types, "layers_to_transform": layers,
+                "layers_pattern": opts.layers_pattern}
 
     def allocate(self, scores: Scores, targets: list[TargetModule]) -> AdapterPlan:
-        from peft.tuners.tuners_utils import check_target_module_exists
-
         opts = self.options
         config = self.lora_config(targets)
-        matched = [t for t in targets if bool(check_target_module_exists(config, t.name))]
+        names = set(peft_matches([t.name for t in targets], **config))
+        matched = [t for t in targets if t.name in names]
         if not matched:
             types = ", ".join(sorted({t.type.rsplit(".", 1)[-1] for t in targets}))
             raise InputError(f"peft matches none of the {len(targets)} target modules with target_modules="
-                             f"{config.target_modules}, layers_to_transform={config.layers_to_transform}",
+                             f"{config['target_modules']}, layers_to_transform={config['layers_to_transform']}",
                              hint=f"module-name suffixes here: {types}")
         for t in matched:
             if opts.rank > min(t.in_features, t.out_features):
