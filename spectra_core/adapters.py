@@ -223,8 +223,8 @@ def scaling(layer: torch.nn.Module) -> float:
     return float(layer.scaling[ADAPTER])
 
 
-def is_merged(layer: torch.nn.Module) -> bool:
-    return ADAPTER in getattr(layer, "merged_adapters", [])
+def is_merged(layer: torch.nn.Module, adapter: str = ADAPTER) -> bool:
+    return adapter in getattr(layer, "merged_adapters", [])
 
 
 def base_weight(layer: torch.nn.Module) -> torch.Tensor:
@@ -249,7 +249,7 @@ def effective_weight(layer: torch.nn.Module, *, all_active: bool = False) -> tor
     ``all_active``: the update of every adapter peft has active on the layer (any peft model), not only ours."""
     weight = base_weight(layer)
     for adapter in (layer.active_adapters if all_active else [ADAPTER]):
-        if adapter in layer.lora_A and adapter not in getattr(layer, "merged_adapters", []):
+        if adapter in layer.lora_A and not is_merged(layer, adapter):
             weight = weight + delta(layer, adapter)
     return weight
 
