@@ -5,9 +5,10 @@ Strategies never see a peft layer. They get read-only :class:`AdapterHandle` obj
 with the functions below: resize (truncated SVD / zero-pad, optimizer state remapped), tie and untie
 a group's shared LoRA, merge into the base, keep ``peft_config`` in step with the plan.
 
-A plan entry adapts either a linear *module* (``kind: module``, peft ``target_modules``) or a bare
-*parameter* (``kind: parameter``, peft ``target_parameters``, e.g. 3-D MoE expert weights); both are
-reached through the same handle; a fused expert tensor carries one LoRA per expert, resized expert by expert.
+A plan entry adapts either a linear *module* (``kind: module``, peft ``target_modules``) or one *expert*
+of a fused 3-D MoE tensor (``kind: expert``): peft gives the tensor one ``target_parameters`` LoRA, of
+which each expert owns its rank components (:mod:`spectra_core.experts`); both are reached through the
+same handle, and an expert is resized on its own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import experts
 from .errors import ConfigError, InputError
 from .quantized import dense_weight
 
@@ -33,23 +35,43 @@ FACTORS = ("A", "B")
 
 
 # ----- plan -> peft ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeftTarget:
+    """One LoRA peft builds: a linear module, or a fused expert tensor (``parameter``) at its experts' largest rank."""
+
+    name: str
+    kind: str
+    rank: int
+    alpha: float
+
+
+def peft_targets(plan: AdapterPlan) -> list[PeftTarget]:
+    """The LoRA layers that realise ``plan``, in plan order (the expert tensors after the modules)."""
+    out = [PeftTarget(m.name, "module", m.rank, m.alpha) for m in plan.injected() if m.kind == "module"]
+    for tensor, entries in experts.by_tensor(plan).items():
+        lora = experts.tensor_lora(plan, tensor, entries)
+        if lora is not None:
+            out.append(PeftTarget(tensor, "parameter", *lora))
+    return out
+
+
 def lora_config_kwargs(plan: AdapterPlan) -> dict[str, Any]:
     """Arguments for ``peft.LoraConfig`` that realise ``plan`` (ranks and alphas via patterns)."""
-    injected = plan.injected()
-    if not injected:
+    targets = peft_targets(plan)
+    if not targets:
         raise InputError("the adapter plan adapts no module",
                          hint="lower the selection threshold or check the allocator's target types")
-    ranks, alphas = [m.rank for m in injected], [m.alpha for m in injected]
+    ranks, alphas = [t.rank for t in targets], [t.alpha for t in targets]
     base, base_alpha = max(ranks, key=ranks.count), max(alphas, key=alphas.count)
     kwargs: dict[str, Any] = {
         "r": base,
         "lora_alpha": base_alpha,
-        "target_modules": [m.name for m in injected if m.kind == "module"],
-        "rank_pattern": {re.escape(m.name): m.rank for m in injected if m.rank != base},
-        "alpha_pattern": {re.escape(m.name): m.alpha for m in injected if m.alpha != base_alpha},
+        "target_modules": [t.name for t in targets if t.kind == "module"],
+        "rank_pattern": {re.escape(t.name): t.rank for t in targets if t.rank != base},
+        "alpha_pattern": {re.escape(t.name): t.alpha for t in targets if t.alpha != base_alpha},
         "use_rslora": plan.use_rslora,
     }
-    parameters = [m.name for m in injected if m.kind == "parameter"]
+    parameters = [t.name for t in targets if t.kind == "parameter"]
     if parameters:
         kwargs["target_parameters"] = parameters
     return kwargs
@@ -74,6 +96,7 @@ def inject(base: torch.nn.Module, plan: AdapterPlan, *, seed: int = 0, config: d
     model = get_peft_model(base, lora_config(plan, **config),
                            low_cpu_mem_usage="eva_config" in config)  # EVA fills the weights (peft's advice)
     quantize_wrapped_experts(model)
+    experts.ExpertSteps(model, plan).zero_dead()
     if initialize is not None:
         initialize(model)
     tie_groups(model, plan)
@@ -188,25 +211,36 @@ def lora_parameters(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [*layer.lora_A[ADAPTER].parameters(), *layer.lora_B[ADAPTER].parameters()]
 
 
+def trainable_layers(plan: AdapterPlan) -> dict[str, float]:
+    """LoRA layer name → LR scale, for the layers that train: active modules, and expert tensors with an
+    active expert (at the largest LR scale of their active experts, see :mod:`spectra_core.experts`)."""
+    out = {m.name: m.lr_scale for m in plan.active() if m.kind == "module"}
+    for tensor, entries in experts.by_tensor(plan).items():
+        if any(m.active and m.rank > 0 for m in entries):
+            out[tensor] = experts.lr_scale(plan, entries)
+    return out
+
+
 def set_trainable(model: torch.nn.Module, plan: AdapterPlan) -> None:
-    """LoRA of active modules trains; every other parameter is frozen (a tied LoRA trains if any
-    member is active)."""
+    """LoRA of active modules and experts trains; every other parameter is frozen (a tied LoRA trains if
+    any member is active)."""
     for p in model.parameters():
         p.requires_grad_(False)
+    trainable = trainable_layers(plan)
     for name, layer in lora_layers(model).items():
-        entry = plan.modules.get(name)
-        if entry is not None and entry.active:
+        if name in trainable:
             for p in lora_parameters(layer):
                 p.requires_grad_(True)
 
 
 def check_plan(plan: AdapterPlan, model: torch.nn.Module) -> None:
-    """Every injected module exists in ``model`` (before injection), and its rank fits its shape."""
+    """Every injected module and expert exists in ``model`` (before injection), and its rank fits its shape."""
     modules = dict(model.named_modules())
     for m in plan.injected():
-        owner, _, attr = m.name.rpartition(".")
+        tensor, index = experts.split(m.name) if m.kind == "expert" else (m.name, 0)
+        owner, _, attr = tensor.rpartition(".")
         found = modules.get(m.name) if m.kind == "module" else getattr(modules.get(owner), attr, None)  # parametrized too
-        if found is None:
+        if found is None or (m.kind == "expert" and (found.ndim != 3 or index >= found.shape[0])):
             raise InputError(f"plan {m.kind} {m.name!r} is not in the model",
                              hint="re-run `spectra plan` for this model (the plan was made for another one)")
         out_f, in_f = m.shape[-2], m.shape[-1]
@@ -263,35 +297,27 @@ def factored_svd(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def update_singular_values(layer: torch.nn.Module) -> torch.Tensor:
-    """Singular values of the update ``scaling · B · A`` (float64, descending). Fused experts: per rank
-    index, the root sum of squares over the experts' own singular values (the energy the top-k
-    directions of every expert hold)."""
+    """Singular values of a linear module's update ``scaling · B · A`` (float64, descending)."""
     f = factors(layer)
-    parts = zip(*expert_factors(f["A"].detach(), f["B"].detach(), experts_of(layer)))
-    spectra = torch.stack([factored_svd(b, a)[1] for a, b in parts])
-    return spectra.square().sum(0).sqrt() * abs(scaling(layer))
+    return factored_svd(f["B"].detach(), f["A"].detach())[1] * abs(scaling(layer))
 
 
 class AdapterHandle:
-    """A read-only view of one module's LoRA, for strategies (``session.adapter(name)``).
+    """A read-only view of one plan entry's LoRA, for strategies (``session.adapter(name)``).
 
-    ``kind`` is ``module`` (a linear layer) or ``parameter`` (a bare weight tensor, e.g. MoE experts);
-    ``shape`` is the base weight's shape; ``rank``/``alpha``/``scaling`` are the live values.
-    Every tensor returned is a detached copy: changing it changes nothing in the model.
+    ``kind`` is ``module`` (a linear layer) or ``expert`` (one expert of a fused MoE tensor, see
+    :class:`ExpertHandle`); ``shape`` is the base weight's ``out × in``; ``rank``/``alpha``/``scaling``
+    are the live values. Every tensor returned is a detached copy: changing it changes nothing in the model.
     """
+
+    kind = "module"
 
     def __init__(self, name: str, layer: torch.nn.Module) -> None:
         self.name = name
         self._layer = layer
 
     @property
-    def kind(self) -> str:
-        return "parameter" if hasattr(self._layer, "get_param") else "module"
-
-    @property
     def shape(self) -> tuple[int, ...]:
-        if self.kind == "parameter":
-            return tuple(self._layer.get_param().shape)
         return (self._layer.out_features, self._layer.in_features)
 
     @property
@@ -312,7 +338,7 @@ class AdapterHandle:
         return is_merged(self._layer)
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Copies of ``(A, B)``: A is r×in, B is out×r (for a parameter target, peft's expert layout)."""
+        """Copies of ``(A, B)``: A is r×in, B is out×r."""
         f = factors(self._layer)
         return f["A"].detach().clone(), f["B"].detach().clone()
 
@@ -329,11 +355,78 @@ class AdapterHandle:
         return effective_weight(self._layer)
 
     def singular_values(self) -> torch.Tensor:
-        """Singular values of the update (float64, descending; modules only)."""
+        """Singular values of the update (float64, descending)."""
         return update_singular_values(self._layer)
 
     def __repr__(self) -> str:
         return f"AdapterHandle({self.name!r}, shape={self.shape}, rank={self.rank}, alpha={self.alpha:g})"
+
+
+class ExpertHandle(AdapterHandle):
+    """One expert's share of a fused tensor's LoRA: its ``rank`` components (its plan entry's rank),
+    oriented ``out × in`` like its plan entry and its scan slice."""
+
+    kind = "expert"
+
+    def __init__(self, name: str, layer: torch.nn.Module, rank: int, alpha: float) -> None:
+        super().__init__(name, layer)
+        self.index = experts.split(name)[1]
+        self._rank, self._alpha = rank, alpha
+
+    def _orient(self, t: torch.Tensor) -> torch.Tensor:
+        """A slice in the parameter's own layout, made ``out × in``."""
+        return t.T if getattr(self._layer.get_base_layer(), "is_transposed", False) else t
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._orient(self._layer.get_param()[self.index]).shape)
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @property
+    def merged(self) -> bool:
+        return False
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of this expert's ``(A, B)``: A is rank×in, B is out×rank (peft's in/out of the tensor)."""
+        f = factors(self._layer)
+        a, b = expert_factors(f["A"].detach(), f["B"].detach(), experts_of(self._layer))
+        return a[self.index][:self._rank].clone(), b[self.index][:, :self._rank].clone()
+
+    def delta(self) -> torch.Tensor:
+        a, b = self.factors()
+        update = (b.double() @ a.double() * self.scaling).float()  # peft's own layout of the tensor
+        return self._orient(update if self._layer._did_swap_in_out_features else update.T).contiguous()
+
+    def base_weight(self) -> torch.Tensor:
+        return self._orient(base_weight(self._layer)[self.index]).contiguous()
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.base_weight() + self.delta()
+
+    def singular_values(self) -> torch.Tensor:
+        a, b = self.factors()
+        return factored_svd(b, a)[1] * abs(self.scaling)
+
+
+def handles(model: torch.nn.Module, plan: AdapterPlan) -> dict[str, AdapterHandle]:
+    """The handle of every plan entry that carries a LoRA in ``model``, in model order."""
+    by_tensor = experts.by_tensor(plan)
+    out: dict[str, AdapterHandle] = {}
+    for name, layer in lora_layers(model).items():
+        if name not in by_tensor:
+            out[name] = AdapterHandle(name, layer)
+            continue
+        for m in by_tensor[name]:
+            if experts.carries_lora(plan, m):
+                out[m.name] = ExpertHandle(m.name, layer, m.rank, m.alpha)
+    return out
 
 
 # ----- changing (the core only) --------------------------------------------------------------------------
@@ -366,7 +459,7 @@ def resize(layer: torch.nn.Module, rank: int, alpha: float, *, use_rslora: bool,
     Adam moments follow into the new basis: with ``A' = P_A·A`` and ``B' = B·P_B`` the gradients are
     ``dA' = (s'/s)·P_Bᵀ·dA`` and ``dB' = (s'/s)·dB·P_Aᵀ``; first moments are mapped by those
     matrices, second moments by their element-wise squares (diagonal approximation; exact for growth).
-    A fused expert tensor (peft ``target_parameters``) has each expert's LoRA resized on its own, all to ``rank``.
+    A fused expert tensor (peft ``target_parameters``) has each expert's components resized on its own, all to ``rank``.
     """
     lin_a, lin_b = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
     a, b = lin_a.weight.detach(), lin_b.weight.detach()
@@ -395,6 +488,44 @@ def resize(layer: torch.nn.Module, rank: int, alpha: float, *, use_rslora: bool,
     lin_a.out_features = lin_b.in_features = rank * experts
     layer.r[ADAPTER], layer.lora_alpha[ADAPTER], layer.scaling[ADAPTER] = rank, alpha, s_new
     return Resized(old_rank=old, new_rank=rank, energy_kept=kept / total if total else 1.0)
+
+
+def resize_expert(layer: torch.nn.Module, index: int, old_rank: int, rank: int, alpha: float, *, use_rslora: bool,
+                  optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> Resized:
+    """Give expert ``index`` of a fused tensor's LoRA ``rank`` components (the other experts unchanged).
+
+    Past the tensor's rank the whole tensor grows first (:func:`resize`: zero-padded, every update
+    unchanged). Then, as :func:`resize` does for a module, shrinking keeps the best rank-k approximation of
+    the expert's update and growing adds fresh rows to A and zero columns to B; components past ``rank``
+    are zeroed. The expert's optimizer moments restart from zero (they are not remapped per expert).
+    """
+    if rank > int(layer.r[ADAPTER]):
+        resize(layer, rank, alpha, use_rslora=use_rslora, optimizer=optimizer, generator=generator)
+    f, n = factors(layer), experts_of(layer)
+    a = f["A"].detach().view(n, -1, f["A"].shape[-1])
+    b = f["B"].detach().view(f["B"].shape[0], -1, n)
+    if not 0 < rank <= min(a.shape[-1], b.shape[0]):
+        raise InputError(f"cannot resize expert {index} of a {b.shape[0]}×{a.shape[-1]} tensor to rank {rank}: "
+                         f"a rank must be between 1 and {min(a.shape[-1], b.shape[0])}", hint="lower the requested rank")
+    part = _resized(a[index, :old_rank], b[:, :old_rank, index], rank, 1.0, generator)
+    with torch.no_grad():
+        a[index].zero_()
+        b[:, :, index].zero_()
+        a[index, :rank] = part.a.to(a.dtype)
+        b[:, :rank, index] = part.b.to(b.dtype)
+        for p, view in ((f["A"], lambda t: t.view(n, -1, t.shape[-1])[index]),
+                        (f["B"], lambda t: t.view(t.shape[0], -1, n)[:, :, index])):
+            for key, value in (optimizer.state.get(p, {}) if optimizer is not None else {}).items():
+                if key in MOMENT_POWER and torch.is_tensor(value) and value.shape == p.shape:
+                    view(value).zero_()
+    return Resized(old_rank=old_rank, new_rank=rank, energy_kept=part.kept / part.total if part.total else 1.0)
+
+
+@torch.no_grad()
+def drop_expert_update(layer: torch.nn.Module, index: int) -> None:
+    """Zero expert ``index``'s columns of B: that expert computes its base function again."""
+    b = factors(layer)["B"]
+    b.view(b.shape[0], -1, experts_of(layer))[:, :, index].zero_()
 
 
 def experts_of(layer: torch.nn.Module) -> int:
@@ -494,8 +625,14 @@ def tie_groups(model: torch.nn.Module, plan: AdapterPlan) -> None:
 
 
 def check_groups(plan: AdapterPlan, layers: dict[str, torch.nn.Module]) -> None:
-    """Every group's members carry a LoRA with identical shapes, rank and alpha; else InputError."""
+    """Every group's members are linear modules carrying a LoRA with identical shapes, rank and alpha;
+    else InputError."""
     for gid, members in plan.groups().items():
+        fused = [m for m in members if plan.modules[m].kind == "expert"]
+        if fused:
+            raise InputError(f"group {gid}: {fused[0]} is an MoE expert; experts of a fused tensor cannot share a "
+                             "LoRA (peft holds one LoRA per fused tensor, not per expert)",
+                             hint="group only linear modules (the sgm method leaves experts ungrouped)")
         missing = [m for m in members if m not in layers]
         if missing:
             raise InputError(f"group {gid}: {', '.join(missing)} carry no LoRA layer in the model",

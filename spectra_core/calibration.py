@@ -99,16 +99,16 @@ def collect_gradient_signals(model: torch.nn.Module, layers: dict[str, torch.nn.
         raise InputError(f"calibration needs at least one batch, got {batches}",
                          hint="set the strategy's calibration_batches option ≥ 1")
     lora = layers
-    missing = [n for n in names if n not in lora]
-    if missing:
-        raise InputError(f"{len(missing)} modules carry no LoRA layer in the model (e.g. {missing[0]})",
-                         hint="the plan and the model disagree; re-run `spectra plan`")
-    fused = [n for n in names if hasattr(lora[n], "get_param")]
+    fused = [n for n in names if n not in lora and hasattr(lora.get(n.rpartition(".")[0]), "get_param")]
     if fused:
         raise InputError(f"gradient sketches of fused MoE expert tensors are not supported ({len(fused)} asked for, "
                          f"e.g. {fused[0]}): a hook sees the whole expert block, not each expert's weight",
                          hint="leave the experts out of calibration (targets.exclude: ['experts']) or use a "
                               "weight-only scorer (spectrum, mp)")
+    missing = [n for n in names if n not in lora]
+    if missing:
+        raise InputError(f"{len(missing)} modules carry no LoRA layer in the model (e.g. {missing[0]})",
+                         hint="the plan and the model disagree; re-run `spectra plan`")
     device = next(model.parameters()).device
     was_training = model.training
     model.train()

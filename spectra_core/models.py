@@ -11,7 +11,7 @@ from .atomic import atomic_dir
 from .config import BUNDLED_PREFIX, ModelConfig, TargetsConfig
 from .errors import InputError
 from .strategies import TargetModule
-from .targets import Survey, check_found, meta_model, survey
+from .targets import Survey, check_found, meta_model, plan_targets, survey
 
 if TYPE_CHECKING:
     import torch
@@ -84,8 +84,9 @@ def resolve_model_dir(model: ModelConfig) -> Path:
 
 
 def find_targets(model_dir: Path, targets: TargetsConfig, *, trust_remote_code: bool = False) -> list[TargetModule]:
-    """Every weight peft can adapt (linear layers, Conv1D, fused MoE experts), from the config alone."""
-    return survey_model(model_dir, targets, trust_remote_code=trust_remote_code).targets
+    """Every weight peft can adapt (linear layers, Conv1D, each expert of fused MoE experts), from the
+    config alone: the targets allocators see (:func:`spectra_core.targets.plan_targets`)."""
+    return plan_targets(survey_model(model_dir, targets, trust_remote_code=trust_remote_code).targets)
 
 
 def survey_model(model_dir: Path, targets: TargetsConfig, *, trust_remote_code: bool = False) -> Survey:

@@ -179,7 +179,10 @@ class Pipeline:
         return survey_model(self.model_dir(), self.config.targets, trust_remote_code=self.config.model.trust_remote_code)
 
     def targets(self) -> list[TargetModule]:
-        return self.survey().targets
+        """The targets allocators see (each expert of a fused MoE tensor on its own)."""
+        from .targets import plan_targets
+
+        return plan_targets(self.survey().targets)
 
     def scan(self, *, progress: bool = True) -> Scores:
         """Score every target module's base weight, streamed from the checkpoint (cached by fingerprint).
@@ -201,14 +204,14 @@ class Pipeline:
 
     def plan(self, scores: Scores | None = None) -> AdapterPlan:
         """Allocate adapter capacity from the scores (scanning first if none are given)."""
-        from .targets import fit_plan
+        from .targets import fit_plan, plan_targets
 
         scores = scores if scores is not None else self.scan()
         survey = self.survey()
         for family in survey.unsupported():
             log.warning("%s (%d tensors, %s parameters) stays frozen: %s", family.type, len(family.names),
                         f"{family.params:,}", family.reason)
-        targets = survey.targets
+        targets = plan_targets(survey.targets)
         plan = fit_plan(self.allocator.allocate(scores, targets), targets)
         if plan.method is None:
             plan.method = self.config.method

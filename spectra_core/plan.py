@@ -20,17 +20,16 @@ PLAN_SCHEMA_VERSION = 1
 
 
 class ModulePlan(BaseModel):
-    """What happens to one target module (a linear layer peft can adapt)."""
+    """What happens to one target: a linear layer peft can adapt, or one expert of a fused MoE tensor."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     type: str
-    kind: Literal["module", "parameter"] = Field(
-        default="module", description="module: a linear layer (peft target_modules); parameter: a bare weight "
-        "tensor such as 3-D MoE experts (peft target_parameters).")
-    shape: tuple[int, int] | tuple[int, int, int] = Field(
-        description="(out_features, in_features) of the base weight; a parameter target's own shape.")
+    kind: Literal["module", "expert"] = Field(
+        default="module", description="module: a linear layer (peft target_modules); expert: expert i of a fused "
+        "3-D MoE tensor, named {tensor}.{i} (its share of the tensor's peft target_parameters LoRA).")
+    shape: tuple[int, int] = Field(description="(out_features, in_features) of the base weight (of the expert's slice).")
     active: bool = Field(description="True: its LoRA trains. False: frozen (no LoRA, or a frozen one).")
     rank: int = Field(ge=0)
     alpha: float = Field(ge=0)
@@ -40,9 +39,8 @@ class ModulePlan(BaseModel):
     score: float | None = None
 
     def lora_params(self) -> int:
-        """Trainable parameters of this module's own LoRA (A: r×in, B: out×r; per expert for 3-D)."""
-        experts = self.shape[0] if len(self.shape) == 3 else 1
-        return experts * self.rank * (self.shape[-2] + self.shape[-1]) if self.active else 0
+        """Trainable parameters of this module's own LoRA (A: r×in, B: out×r)."""
+        return self.rank * (self.shape[0] + self.shape[1]) if self.active else 0
 
 
 class LoraInit(BaseModel):

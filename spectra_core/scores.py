@@ -71,29 +71,3 @@ class Scores(BaseModel):
             if isinstance(m.get("score"), str):
                 m["score"] = float(m["score"])
         return cls.model_validate(data)
-
-
-def average_experts(scores: Scores, names: list[str]) -> Scores:
-    """``scores`` for ``names``, in that order (names without a score left out): a fused expert tensor scored per expert slice
-    (``{name}.{i}``) gets the mean of its slices' finite scores (NaN when none is finite)."""
-    from .spectral.types import module_type
-
-    by_name = scores.by_name()
-    slices: dict[str, list[ModuleScore]] = {}
-    for m in scores.modules:
-        base, _, index = m.name.rpartition(".")
-        if index.isdigit():
-            slices.setdefault(base, []).append(m)
-    modules = []
-    for name in names:
-        if name in by_name:
-            modules.append(by_name[name])
-            continue
-        parts = slices.get(name)
-        if not parts:
-            continue  # the scorer left it out (its consumer says so)
-        finite = [m.score for m in parts if math.isfinite(m.score)]
-        shape = (len(parts), *parts[0].shape) if parts[0].shape else None
-        modules.append(ModuleScore(name=name, type=module_type(name), shape=shape,
-                                   score=sum(finite) / len(finite) if finite else math.nan))
-    return scores.model_copy(update={"modules": modules})

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .changes import Change
 from .plan import AdapterPlan
-from .scores import Scores, average_experts
+from .scores import Scores
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -109,25 +109,22 @@ class SessionWeights:
         self.fingerprint = f"session-step-{session.step}"
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name, w in self.session.effective_weights(self.names):
-            if w.ndim == 3:  # fused MoE experts: one matrix per expert, as a scan of the checkpoint names them
-                yield from ((f"{name}.{i}", w[i]) for i in range(w.shape[0]))
-            else:
-                yield name, w
+        yield from self.session.effective_weights(self.names)
 
     def __len__(self) -> int:
         return len(self.names)
 
 
 class TargetModule(BaseModel):
-    """A weight of the loaded model that peft can adapt: a linear layer (``kind: module``) or a fused 3-D
-    MoE expert tensor (``kind: parameter``, ``experts`` slices of ``out_features × in_features`` each)."""
+    """A weight of the loaded model that peft can adapt: a linear layer (``kind: module``), a fused 3-D
+    MoE expert tensor (``kind: parameter``, ``experts`` slices of ``out_features × in_features`` each), or
+    one expert of it (``kind: expert``, named ``{tensor}.{i}``: what allocators see)."""
 
     name: str
     type: str
     out_features: int
     in_features: int
-    kind: Literal["module", "parameter"] = "module"
+    kind: Literal["module", "parameter", "expert"] = "module"
     experts: int | None = Field(default=None, description="Experts in a fused 3-D parameter target.")
     fan_in_fan_out: bool = Field(default=False, description="The weight is stored in × out (GPT-2's Conv1D).")
 
@@ -362,8 +359,7 @@ class RescoringRebalancer(Rebalancer):
 
             raise ConfigError(f"rebalancer {self.name!r} has no scorer",
                               hint="build it through spectra_core.pipeline.Pipeline, or call use_scorer(scorer)")
-        scores = checked_scores(self.scorer.score(SessionWeights(session, names)), self.scorer)
-        return average_experts(scores, names)
+        return checked_scores(self.scorer.score(SessionWeights(session, names)), self.scorer)
 
 
 class Exporter(Strategy):

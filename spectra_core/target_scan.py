@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .strategies import TargetModule
-from .targets import meta_model, model_class, slice_names
+from .targets import meta_model, model_class
 
 if TYPE_CHECKING:
     import torch
@@ -15,23 +15,22 @@ if TYPE_CHECKING:
 
 def scan_targets(model_dir: Any, scorer: Any, targets: list[TargetModule], *, progress: bool = True,
                  trust_remote_code: bool = False) -> Any:
-    """Scores of ``targets``, read from the checkpoint: Conv1D weights turned ``out × in``, fused experts
-    scored per expert and given the mean of their experts' finite scores (the per-expert scores are kept
-    in the scan cache). A checkpoint that stores experts one by one (transformers fuses them when
-    loading) is scanned from the float model loaded on the CPU, so the names are the loaded model's."""
-    from .scores import average_experts
+    """Scores of ``targets`` (:func:`spectra_core.targets.plan_targets`), read from the checkpoint: Conv1D
+    weights turned ``out × in``, each expert of a fused tensor scored on its own slice. A checkpoint that
+    stores experts one by one (transformers fuses them when loading) is scanned from the float model
+    loaded on the CPU, so the names are the loaded model's."""
     from .spectral.scan import run_scan
     from .spectral.sources import open_weights, transposed
 
-    names = [n for t in targets for n in slice_names(t)]
+    names = [t.name for t in targets]
     source = open_weights(model_dir)
-    experts = [n for t in targets if t.experts is not None for n in slice_names(t)]
+    experts = [t.name for t in targets if t.kind == "expert"]
     if experts and not set(experts) <= set(source.names()):
         source = open_weights(load_float(model_dir, trust_remote_code=trust_remote_code))
     flip = [t.name for t in targets if t.fan_in_fan_out]
     if flip:
         source = transposed(source, flip)
-    return average_experts(run_scan(source, scorer, names=names, progress=progress).scores, [t.name for t in targets])
+    return run_scan(source, scorer, names=names, progress=progress).scores
 
 
 def checkpoint_source(model_dir: Any, *, trust_remote_code: bool = False) -> Any:

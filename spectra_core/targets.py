@@ -184,23 +184,30 @@ def check_found(survey_: Survey, targets: TargetsConfig, where: Any) -> None:
                      hint="widen targets.include (regexes over module names); `spectra plan` lists every family")
 
 
-def slice_names(target: TargetModule) -> list[str]:
-    """The names a scan gives ``target``'s weights: its own, or ``{name}.{i}`` per expert of fused experts."""
-    if target.experts is None:
-        return [target.name]
-    return [f"{target.name}.{i}" for i in range(target.experts)]
+def plan_targets(targets: list[TargetModule]) -> list[TargetModule]:
+    """What allocators see: ``targets`` with every fused expert tensor split into one ``expert`` target per
+    expert (``{tensor}.{i}``, the name a scan gives its slice), so experts are selected and ranked like
+    linear modules (see :mod:`spectra_core.experts`)."""
+    out = []
+    for t in targets:
+        if t.experts is None:
+            out.append(t)
+            continue
+        out += [t.model_copy(update={"name": f"{t.name}.{i}", "kind": "expert", "experts": None})
+                for i in range(t.experts)]
+    return out
 
 
 def fit_plan(plan: Any, targets: list[TargetModule]) -> Any:
-    """``plan`` with each fused-expert entry made a ``parameter`` entry of shape ``(experts, out, in)``
-    (allocators see every target as one ``out × in`` weight)."""
+    """``plan`` with each expert entry marked ``kind: expert`` (allocators see every target as one
+    ``out × in`` weight); EVA and LoftQ do not initialise expert LoRA (ConfigError)."""
     for t in targets:
         entry = plan.modules.get(t.name)
-        if entry is not None and t.kind == "parameter":
-            entry.kind, entry.shape = "parameter", t.shape()
-    fused = [m.name for m in plan.injected() if m.kind == "parameter"]
-    if fused and plan.init.name != "default":
-        raise ConfigError(f"lora_init {plan.init.name!r} does not initialise fused MoE expert tensors ({len(fused)} in "
-                          f"the plan, e.g. {fused[0]}): peft's {plan.init.name} works on linear layers",
+        if entry is not None and t.kind == "expert":
+            entry.kind = "expert"
+    experts = [m.name for m in plan.injected() if m.kind == "expert"]
+    if experts and plan.init.name != "default":
+        raise ConfigError(f"lora_init {plan.init.name!r} does not initialise fused MoE expert tensors ({len(experts)} "
+                          f"experts in the plan, e.g. {experts[0]}): peft's {plan.init.name} works on linear layers",
                           hint="use lora_init: {name: default}, or leave the experts out (targets.exclude: ['experts'])")
     return plan

@@ -13,7 +13,9 @@ from train_fixtures import cli_env, config_dict, spectra_cmd, write_text
 
 from spectra_core.config import TargetsConfig
 from spectra_core.errors import InputError
+from spectra_core.experts import carries_lora, split
 from spectra_core.models import survey_model
+from spectra_core.targets import plan_targets
 from spectra_core.pipeline import Pipeline
 
 SUPPORTED = [a for a in ARCHITECTURES if a != "t5"]
@@ -102,14 +104,17 @@ def check_against_stock_peft(arch, base, final, merged_dir, plan, quantized: boo
     assert error <= TOLERANCE, f"{arch}: merged vs stock peft, relative error {error:.2e}"
     if arch in MOE_ARCHITECTURES:
         deltas = expert_deltas(adapted)
-        fused = [m.name for m in plan.modules.values() if m.kind == "parameter" and m.active]
-        assert fused and set(fused) <= set(deltas)
-        dead = {name: int((deltas[name] == 0).sum()) for name in fused if (deltas[name] == 0).any()}
-        if not every_expert:  # a method's rebalancer may switch a tensor on at the end (its LoRA starts at zero)
-            untrained = [name for name, n in dead.items() if n == len(deltas[name])]
-            assert len(untrained) < len(fused), "no fused expert tensor was trained"
-            dead = {name: n for name, n in dead.items() if name not in untrained}
-        assert not dead, f"experts without a LoRA update after training: {dead}"
+        norms = {m.name: float(deltas[split(m.name)[0]][split(m.name)[1]]) if split(m.name)[0] in deltas else 0.0
+                 for m in plan.modules.values() if m.kind == "expert"}
+        trained = [m.name for m in plan.modules.values() if m.kind == "expert" and m.active and m.rank > 0]
+        assert trained, "no expert was planned to train"
+        idle = [name for name in norms if not carries_lora(plan, plan.modules[name]) and norms[name] != 0]
+        assert not idle, f"experts without a LoRA in the plan have an update: {idle}"
+        dead = [name for name in trained if norms[name] == 0]
+        if not every_expert:  # a method's rebalancer may switch experts on at the end (their LoRA starts at zero)
+            assert len(dead) < len(trained), "no expert was trained"
+        else:
+            assert not dead, f"experts without a LoRA update after training: {dead}"
 
 
 @pytest.mark.parametrize("arch", BNB_END_TO_END)
@@ -181,9 +186,10 @@ def test_bnb_quantizes_every_target(arch, models):
     model_dir = models(arch)
     survey = survey_model(model_dir, TargetsConfig())
     plan = AdapterPlan(allocator="test", modules={t.name: ModulePlan(
-        name=t.name, type=t.type, kind=t.kind, shape=t.shape(), active=True, rank=2, alpha=4.0) for t in survey.targets})
+        name=t.name, type=t.type, kind=t.kind, shape=t.shape(), active=True, rank=2, alpha=4.0)
+        for t in plan_targets(survey.targets)})
     layers = lora_layers(inject(BnbNF4Quantizer().load(model_dir), plan))
-    assert sorted(layers) == sorted(plan.modules)
+    assert sorted(layers) == sorted(t.name for t in survey.targets)
     for t in survey.targets:
         base = layers[t.name].get_base_layer()
         if t.kind == "parameter":

@@ -73,8 +73,7 @@ def plan_cmd(
         console.print(f"shared LoRAs: {before:,} -> {plan.trainable_parameters():,} trainable parameters "
                       f"({plan.trainable_parameters() / before:.2f}x)")
     mem = estimate_memory(pipe.model_dir(), pipe.quantizer, plan, trust_remote_code=pipe.config.model.trust_remote_code)
-    per_rank = sum((m.shape[-2] + m.shape[-1]) * (m.shape[0] if len(m.shape) == 3 else 1)
-                   for m in plan.modules.values())  # LoRA parameters per unit of rank
+    per_rank = sum(sum(m.shape) for m in plan.modules.values())  # LoRA parameters per unit of rank
     console.print(f"trainable parameters: {plan.trainable_parameters():,} "
                   f"({len(plan.active())} of {len(plan.modules)} modules active) = a uniform LoRA of rank "
                   f"{plan.trainable_parameters() / per_rank:.2f} on every target")

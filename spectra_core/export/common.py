@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from spectra_core.adapters import peft_targets
 from spectra_core.errors import InputError
+from spectra_core.experts import by_tensor
 from spectra_core.plan import AdapterPlan
 from spectra_core.strategies import RunArtifacts
 
@@ -74,22 +76,23 @@ def parameter_ranks(ranks: dict[str, int], plan: AdapterPlan) -> dict[str, int]:
     module are wrapped in model order, each around the last, so the last is ``owner`` itself and each
     earlier one sits one ``.base_layer`` deeper. Its lora_A has ``rank × experts`` rows."""
     out = dict(ranks)
-    owners: dict[str, list] = {}
-    for m in plan.injected():
-        if m.kind == "parameter":
-            owners.setdefault(m.name.rpartition(".")[0], []).append(m)
-    for owner, entries in owners.items():
-        for depth, m in enumerate(reversed(entries)):
+    counts = {tensor: len(entries) for tensor, entries in by_tensor(plan).items()}
+    owners: dict[str, list[str]] = {}
+    for t in peft_targets(plan):
+        if t.kind == "parameter":
+            owners.setdefault(t.name.rpartition(".")[0], []).append(t.name)
+    for owner, tensors in owners.items():
+        for depth, tensor in enumerate(reversed(tensors)):
             key = owner + ".base_layer" * depth
             if key in out:
-                out[m.name] = out.pop(key) // (m.shape[0] if len(m.shape) == 3 else 1)
+                out[tensor] = out.pop(key) // counts[tensor]
     return out
 
 
 def check_adapter(directory: Path, plan: AdapterPlan) -> None:
     """Refuse an adapter whose modules or ranks differ from the plan (a stale ``final/``, a wrong plan)."""
     ranks = parameter_ranks(adapter_ranks(directory), plan)
-    wanted = {m.name: m.rank for m in plan.injected()}
+    wanted = {t.name: t.rank for t in peft_targets(plan)}
     problems = [f"{name}: rank {wanted.get(name, 0)} in the plan, {ranks.get(name, 0)} in the adapter"
                 for name in sorted(set(ranks) | set(wanted)) if ranks.get(name) != wanted.get(name)]
     if problems:

@@ -3,12 +3,13 @@ and plan once, recording each changed plan field in the history (see :mod:`spect
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from .. import adapters
+from .. import adapters, experts
 from ..changes import Change, ModuleChange, Tie, Untie
 from ..errors import PluginError
 from ..plan import AdapterPlan, PlanChange
@@ -20,6 +21,8 @@ OUTCOME = {
     "drop": "frozen; its update dropped (B = 0)",
     "merge": "frozen; update merged into the float base weight (the LoRA is still saved in the adapter)",
 }
+KEPT_EXPERT = ("frozen; kept as a frozen LoRA: an expert's update merges only with its whole fused tensor "
+               "(the merged export does that)")
 KEPT_ON_QUANTIZED = ("frozen; kept as a frozen LoRA: merging into a 4-bit base would requantize it "
                      "(merge is exact on a float base only)")
 
@@ -51,6 +54,10 @@ def _problems(plan: AdapterPlan, layers: dict[str, torch.nn.Module], changes: li
         if out:
             continue
         if isinstance(c, Tie):
+            fused = [m for m in c.modules if plan.modules[m].kind == "expert"]
+            if fused:
+                out.append(f"tie {c.group!r}: {fused[0]} is an MoE expert; experts of a fused tensor cannot share a LoRA")
+                continue
             if c.group in groups:
                 out.append(f"tie {c.group!r}: two ties propose that group id")
             groups.add(c.group)
@@ -69,8 +76,16 @@ def _problems(plan: AdapterPlan, layers: dict[str, torch.nn.Module], changes: li
     return out
 
 
+def _layer(plan: AdapterPlan, layers: dict[str, torch.nn.Module], name: str) -> torch.nn.Module | None:
+    """The LoRA layer a plan entry trains through: its module's, or (an expert carrying a LoRA) its tensor's."""
+    entry = plan.modules[name]
+    if entry.kind != "expert":
+        return layers.get(name)
+    return layers.get(experts.split(name)[0]) if experts.carries_lora(plan, entry) else None
+
+
 def _module_problems(plan: AdapterPlan, layers: dict[str, torch.nn.Module], c: ModuleChange) -> list[str]:
-    entry, layer = plan.modules[c.module], layers.get(c.module)
+    entry, layer = plan.modules[c.module], _layer(plan, layers, c.module)
     out = []
     resizing = (c.rank is not None and c.rank != entry.rank) or (c.alpha is not None and c.alpha != entry.alpha)
     if (c.active or resizing) and layer is None:
@@ -82,9 +97,14 @@ def _module_problems(plan: AdapterPlan, layers: dict[str, torch.nn.Module], c: M
         if adapters.is_merged(layer):
             out.append(f"{c.module}: resize of a LoRA already merged into the base")
         rank = c.rank or entry.rank
-        if rank > min(entry.shape[-2:]):
+        if rank > min(entry.shape):
             out.append(f"{c.module}: rank {rank} exceeds the smaller dimension of its "
-                       f"{entry.shape[-2]}×{entry.shape[-1]} weight")
+                       f"{entry.shape[0]}×{entry.shape[1]} weight")
+        alpha = c.alpha if c.alpha is not None else entry.alpha
+        if entry.kind == "expert" and layer is not None and not math.isclose(
+                adapters.lora_scaling(alpha, rank, plan.use_rslora), adapters.scaling(layer), rel_tol=1e-9):
+            out.append(f"{c.module}: rank {rank} with alpha {alpha:g} changes the LoRA scale its fused tensor's "
+                       f"experts share ({adapters.scaling(layer):g}); keep alpha/rank fixed")
     return out
 
 
@@ -129,19 +149,29 @@ def _tie(plan: AdapterPlan, layers: dict[str, torch.nn.Module], c: Tie, record: 
 
 def _module(plan: AdapterPlan, layers: dict[str, torch.nn.Module], c: ModuleChange, record: dict[str, Any],
             optimizer: torch.optim.Optimizer | None, generator: torch.Generator | None) -> None:
-    entry, layer = plan.modules[c.module], layers.get(c.module)
+    entry, layer = plan.modules[c.module], _layer(plan, layers, c.module)
+    expert = experts.split(c.module)[1] if entry.kind == "expert" else None
     rank = c.rank if c.rank is not None else entry.rank
     alpha = c.alpha if c.alpha is not None else entry.alpha
     outcome = []
     if layer is not None and (rank, alpha) != (entry.rank, entry.alpha):
-        done = adapters.resize(layer, rank, alpha, use_rslora=plan.use_rslora, optimizer=optimizer,
-                               generator=generator)
+        if expert is None:
+            done = adapters.resize(layer, rank, alpha, use_rslora=plan.use_rslora, optimizer=optimizer,
+                                   generator=generator)
+        else:
+            done = adapters.resize_expert(layer, expert, entry.rank, rank, alpha, use_rslora=plan.use_rslora,
+                                          optimizer=optimizer, generator=generator)
         outcome.append(done.describe())
     if c.active is False and entry.active and layer is not None:
-        if c.on_deactivate == "drop":
+        if c.on_deactivate == "drop" and expert is None:
             adapters.drop_update(layer)
-        merged = c.on_deactivate == "merge" and adapters.merge_into_base(layer)
-        outcome.append(KEPT_ON_QUANTIZED if c.on_deactivate == "merge" and not merged else OUTCOME[c.on_deactivate])
+        elif c.on_deactivate == "drop":
+            adapters.drop_expert_update(layer, expert)
+        if c.on_deactivate == "merge" and expert is not None:
+            outcome.append(KEPT_EXPERT)
+        else:
+            merged = c.on_deactivate == "merge" and adapters.merge_into_base(layer)
+            outcome.append(KEPT_ON_QUANTIZED if c.on_deactivate == "merge" and not merged else OUTCOME[c.on_deactivate])
     fields = {k: v for k, v in (("active", c.active), ("rank", c.rank), ("alpha", c.alpha), ("lr_scale", c.lr_scale),
                                 ("tier", c.tier), ("score", c.score)) if v is not None}
     reason = "; ".join([c.reason, *outcome])

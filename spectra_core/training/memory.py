@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..adapters import peft_targets
+from ..experts import by_tensor
 from ..builtins.quantizers import base_bytes_per_param, other_bytes_per_param, quantizes_experts
 from ..plan import AdapterPlan
 
@@ -32,8 +34,9 @@ def estimate_memory(model_dir: Path, quantizer: Any, plan: AdapterPlan, *, trust
         quantized |= {id(p) for p in model.parameters() if p.ndim == 3}
     q_params = sum(p.numel() for p in model.parameters() if id(p) in quantized)
     other = sum(p.numel() for p in model.parameters() if id(p) not in quantized)
-    lora = sum(m.rank * (m.shape[-2] + m.shape[-1]) * (m.shape[0] if len(m.shape) == 3 else 1)
-               for m in plan.injected())
+    tensors = by_tensor(plan)  # a fused tensor's LoRA holds its largest expert rank for every expert
+    lora = sum(t.rank * (sum(plan.modules[t.name].shape) if t.kind == "module"
+                         else sum(tensors[t.name][0].shape) * len(tensors[t.name])) for t in peft_targets(plan))
     trainable = plan.trainable_parameters()
     out = {
         "base_quantized_params": q_params,

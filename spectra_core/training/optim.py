@@ -8,28 +8,29 @@ import torch
 
 from ..errors import InputError
 from ..plan import AdapterPlan
-from ..adapters import lora_layers, lora_parameters
+from ..adapters import lora_layers, lora_parameters, trainable_layers
 
 
 def param_groups(model: torch.nn.Module, plan: AdapterPlan, lr: float, weight_decay: float) -> list[dict]:
     """One group per distinct ``lr_scale`` of active modules; only parameters that train, each once.
+    An expert tensor sits in the group of its largest expert LR scale (:mod:`spectra_core.experts`).
 
     Each group carries ``names`` (parameter names, for checkpoints) and ``initial_lr``.
     """
     names = {id(p): n for n, p in model.named_parameters()}
+    trainable = trainable_layers(plan)
     groups: dict[float, dict] = {}
     seen: set[int] = set()
     for module_name, layer in lora_layers(model).items():
-        entry = plan.modules.get(module_name)
-        if entry is None or not entry.active:
+        scale = trainable.get(module_name)
+        if scale is None:
             continue
         for p in lora_parameters(layer):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            g = groups.setdefault(entry.lr_scale, {"params": [], "names": [], "lr_scale": entry.lr_scale,
-                                                   "initial_lr": lr * entry.lr_scale, "lr": lr * entry.lr_scale,
-                                                   "weight_decay": weight_decay})
+            g = groups.setdefault(scale, {"params": [], "names": [], "lr_scale": scale,
+                                          "initial_lr": lr * scale, "lr": lr * scale, "weight_decay": weight_decay})
             g["params"].append(p)
             g["names"].append(names[id(p)])
     return [groups[k] for k in sorted(groups)]

@@ -15,6 +15,7 @@ import torch
 
 from .. import adapters
 from ..adapters import AdapterHandle, MemberGradients
+from ..experts import ExpertSteps
 from ..calibration import collect_gradient_signals
 from ..changes import Change
 from ..errors import InputError
@@ -52,6 +53,7 @@ class Session:
         self._members = MemberGradients() if merger is not None and merger.wants_member_gradients() else None
         if self._members is not None:
             self._members.attach(model, plan)
+        self.expert_steps = ExpertSteps(model, plan)
 
     # ----- what strategies read ------------------------------------------------------------------------
     def calibration_batches(self, n: int) -> Iterable[dict[str, torch.Tensor]]:
@@ -62,15 +64,15 @@ class Session:
 
     def adapter(self, name: str) -> AdapterHandle:
         """The read-only handle of plan module ``name``'s LoRA."""
-        layer = adapters.lora_layers(self.model).get(name)
-        if layer is None:
+        handle = self.adapters().get(name)
+        if handle is None:
             raise InputError(f"module {name!r} carries no LoRA in the model",
                              hint="only modules the plan injects (rank > 0; all of them in mode all-inactive) have one")
-        return AdapterHandle(name, layer)
+        return handle
 
     def adapters(self) -> dict[str, AdapterHandle]:
-        """Handles of every module that carries a LoRA, in model order."""
-        return {name: AdapterHandle(name, layer) for name, layer in adapters.lora_layers(self.model).items()}
+        """Handles of every plan module (and expert) that carries a LoRA, in model order."""
+        return adapters.handles(self.model, self.plan)
 
     def effective_weights(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, float32 base weight + LoRA delta), one module at a time (4-bit bases dequantized)."""
@@ -104,6 +106,7 @@ class Session:
             regroup(self.optimizer, param_groups(self.model, self.plan, self._lr, self._weight_decay))
         if self._members is not None:
             self._members.attach(self.model, self.plan)
+        self.expert_steps = ExpertSteps(self.model, self.plan)
 
     def training_pass(self) -> contextlib.AbstractContextManager[None]:
         """Around a training micro-batch's forward and backward: member gradients are captured only here."""

@@ -260,11 +260,13 @@ class Trainer:
                 state.micro_batches += 1
             params = [p for _, p in trainable_named_parameters(model)]
             all_reduce_grads(params)
+            session.expert_steps.before_step()
             norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
             if not math.isfinite(float(norm)):
                 bar.close()
                 self._fail_nan(state.step + 1, what="gradient norm")
             optimizer.step()
+            session.expert_steps.after_step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.tokens += int(tokens)
