@@ -34,17 +34,15 @@ def cache_key(fingerprint: str, scorer: str, options: dict[str, Any], names: lis
 
 
 def code_identity(cls: type) -> dict[str, str]:
-    """Which code a scorer class is: its distribution and version; for editable installs and code in no
-    distribution, also a hash of its top-level package's (or module's) Python source."""
+    """Which code a scorer class is: its distribution and version, and a hash of its top-level package's
+    (or module's) Python source. Always the hash: a source checkout's ``*.egg-info`` reports neither an
+    editable install nor a new version when the code changes, and a version alone would serve stale scores."""
     module = cls.__module__
-    top = module.split(".")[0]
     identity = {"class": f"{module}.{cls.__qualname__}"}
-    dists = _packages_distributions().get(top, [])
+    dists = _packages_distributions().get(module.split(".")[0], [])
     if dists:
         dist = metadata.distribution(dists[0])
         identity.update(distribution=dist.metadata["Name"], version=dist.version)
-        if not _editable(dist):
-            return identity
     identity["source"] = _source_hash(module)
     return identity
 
@@ -52,14 +50,6 @@ def code_identity(cls: type) -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def _packages_distributions() -> dict[str, list[str]]:
     return metadata.packages_distributions()
-
-
-def _editable(dist: metadata.Distribution) -> bool:
-    try:
-        url = json.loads(dist.read_text("direct_url.json") or "{}")
-    except json.JSONDecodeError:
-        return True
-    return bool(url.get("dir_info", {}).get("editable"))
 
 
 @functools.lru_cache(maxsize=32)
