@@ -521,6 +521,15 @@ def resize_expert(layer: torch.nn.Module, index: int, old_rank: int, rank: int, 
     return Resized(old_rank=old_rank, new_rank=rank, energy_kept=part.kept / part.total if part.total else 1.0)
 
 
+def expert_slices(layer: torch.nn.Module, index: int, rank: int,
+                  tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of expert ``index``'s first ``rank`` components in a fused tensor's LoRA: A rows (rank × in)
+    and B columns (out × rank); of ``tensors`` (e.g. the factors' gradients) laid out like the factors."""
+    a, b = tensors if tensors is not None else (factors(layer)["A"], factors(layer)["B"])
+    n = experts_of(layer)
+    return a.view(n, -1, a.shape[-1])[index, :rank], b.view(b.shape[0], -1, n)[:, :rank, index]
+
+
 @torch.no_grad()
 def drop_expert_update(layer: torch.nn.Module, index: int) -> None:
     """Zero expert ``index``'s columns of B: that expert computes its base function again."""
@@ -617,6 +626,8 @@ def tie_groups(model: torch.nn.Module, plan: AdapterPlan) -> None:
     layers = lora_layers(model)
     check_groups(plan, layers)
     for members in plan.groups().values():
+        if plan.modules[members[0]].kind == "expert":
+            continue  # experts are tied by experts.ExpertSteps (their factors are slices of one tensor)
         head = factors(layers[members[0]])
         for name in members[1:]:
             layer = layers[name]
@@ -629,17 +640,18 @@ def check_groups(plan: AdapterPlan, layers: dict[str, torch.nn.Module]) -> None:
     else InputError."""
     for gid, members in plan.groups().items():
         fused = [m for m in members if plan.modules[m].kind == "expert"]
-        if fused:
-            raise InputError(f"group {gid}: {fused[0]} is an MoE expert; experts of a fused tensor cannot share a "
-                             "LoRA (peft holds one LoRA per fused tensor, not per expert)",
-                             hint="group only linear modules (the sgm method leaves experts ungrouped)")
-        missing = [m for m in members if m not in layers]
+        if fused and len(fused) < len(members):
+            raise InputError(f"group {gid} mixes MoE experts ({fused[0]}) and linear modules: their LoRA factors "
+                             "are held differently (slices of a fused tensor's LoRA vs a layer's own)",
+                             hint="group experts with experts and modules with modules")
+        missing = [m for m in members if m not in layers and not (
+            m in fused and experts.split(m)[0] in layers and experts.carries_lora(plan, plan.modules[m]))]
         if missing:
             raise InputError(f"group {gid}: {', '.join(missing)} carry no LoRA layer in the model",
                              hint="only modules the plan adapts (active, rank > 0) can share a LoRA")
         entries = [plan.modules[m] for m in members]
         kinds = {(e.shape, e.rank, e.alpha) for e in entries}
-        shapes = {tuple(p.shape for p in factors(layers[m]).values()) for m in members}
+        shapes = {tuple(p.shape for p in factors(layers[m]).values()) for m in members} if not fused else {()}
         if len(kinds) > 1 or len(shapes) > 1:
             detail = ", ".join(f"{e.name} ({e.shape[0]}×{e.shape[1]}, r{e.rank}, alpha {e.alpha:g})" for e in entries)
             raise InputError(f"group {gid} would mix shapes or LoRA hyper-parameters: {detail}",
@@ -694,6 +706,40 @@ def drop_update(layer: torch.nn.Module) -> None:
     factors(layer)["B"].zero_()
 
 
+# ----- gradient probes of experts ---------------------------------------------------------------------
+@contextlib.contextmanager
+def expert_probes(layers: dict[str, torch.nn.Module], dim: int,
+                  projection: Callable[[int], torch.Tensor]) -> Iterator[Callable[[], dict[str, torch.Tensor]]]:
+    """While active, the LoRA of every fused expert tensor in ``layers`` carries ``dim`` more components
+    per expert: A rows ``projection(in)ᵀ`` (the same for every expert), B columns zero, so the model
+    computes exactly what it did. The function yielded reads, per tensor, ``[experts, out, dim]``: each
+    expert's dense-weight gradient times the projection (``G_e·R``, from the gradient of those B columns,
+    divided by the LoRA scale; peft's out/in of the tensor). The original factors are put back after."""
+    saved = {name: (layer, factors(layer)) for name, layer in layers.items()}
+    for layer, f in saved.values():
+        n, (a, b) = experts_of(layer), (f["A"].detach(), f["B"].detach())
+        r, probe = a.shape[0] // n, projection(a.shape[-1]).T.to(a.device, a.dtype)
+        new_a = torch.cat([a.view(n, r, -1), probe.expand(n, -1, -1)], dim=1).reshape(n * (r + dim), -1)
+        new_b = torch.cat([b.view(b.shape[0], r, n), b.new_zeros(b.shape[0], dim, n)], dim=1).reshape(b.shape[0], -1)
+        layer.lora_A[ADAPTER].weight = torch.nn.Parameter(new_a, requires_grad=False)
+        layer.lora_B[ADAPTER].weight = torch.nn.Parameter(new_b, requires_grad=True)
+
+    def read() -> dict[str, torch.Tensor]:
+        out = {}
+        for name, (layer, f) in saved.items():
+            n, grad = experts_of(layer), layer.lora_B[ADAPTER].weight.grad
+            r = f["A"].shape[0] // n
+            if grad is not None:
+                out[name] = grad.view(grad.shape[0], r + dim, n)[:, r:].permute(2, 0, 1).float() / scaling(layer)
+        return out
+
+    try:
+        yield read
+    finally:
+        for layer, f in saved.values():
+            layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight = f["A"], f["B"]
+
+
 # ----- member gradients of tied factors -----------------------------------------------------------------
 class MemberGradients:
     """Hooks on each group member's ``lora_A``/``lora_B`` capture its own gradient of the shared factors
@@ -706,8 +752,9 @@ class MemberGradients:
         self._on = False
 
     def attach(self, model: torch.nn.Module, plan: AdapterPlan) -> None:
-        """(Re)hook exactly the members of the plan's groups."""
-        members = frozenset(m for ms in plan.groups().values() for m in ms)
+        """(Re)hook exactly the members of the plan's groups of linear modules (an expert's own gradient is
+        its slice of the tensor's gradient: :meth:`spectra_core.experts.ExpertSteps.group_gradients`)."""
+        members = frozenset(m for ms in plan.groups().values() for m in ms if plan.modules[m].kind == "module")
         if members == self._hooked:
             return
         self.detach()

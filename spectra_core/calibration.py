@@ -10,6 +10,11 @@ generator seeded by ``(seed, in_features)``. Since ``E[R Rᵀ] = I``:
   sketches estimate cosines of dense gradients (Johnson–Lindenstrauss; used by the ``sgm`` plugin);
 - ``E‖G R‖²_F = ‖G‖²_F``, so ``‖G R‖_F`` estimates ``‖G‖_F`` (used by the ``grad-norm`` scorer).
 
+A hook on a fused MoE expert tensor sees the whole expert block, not each expert's weight, so an expert
+(``{tensor}.{i}``) is sketched through its LoRA instead: while calibrating, the tensor's LoRA carries
+``p`` extra components per expert with ``A = Rᵀ`` and ``B = 0`` (the model is unchanged), and the
+gradient of those B columns is ``scale · G_e · R`` (:func:`spectra_core.adapters.expert_probes`).
+
 Cost per module and batch: one ``tokens × in × p`` matmul in the forward hook, one ``out × tokens × p``
 in the backward hook; memory ``out × p`` float32 per module plus the ``tokens × p`` projected input
 held from a forward until its backward.
@@ -28,7 +33,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .adapters import ADAPTER, expert_probes
 from .errors import InputError
+from .experts import split
 from .plan import AdapterPlan, ModulePlan
 from .strategies import TargetModule
 from .training.distributed import world
@@ -89,7 +96,7 @@ def collect_gradient_signals(model: torch.nn.Module, layers: dict[str, torch.nn.
                              batches_of: Callable[[int], Iterable[dict[str, torch.Tensor]]], names: list[str], *,
                              batches: int, dim: int, seed: int) -> dict[str, torch.Tensor]:
     """Sketched dense-weight gradients (out × dim, float32) of ``names`` (``layers``: their LoRA layers
-    in ``model``), each batch's loss averaged per label token, summed over ``batches`` batches from
+    in ``model``; an expert ``{tensor}.{i}`` is read through its tensor's layer), each batch's loss averaged per label token, summed over ``batches`` batches from
     ``batches_of`` per process and over processes; LoRA gradients are cleared afterwards.
     Strategies call it as ``session.gradient_signals(names, batches=, dim=, seed=)``.
 
@@ -99,33 +106,36 @@ def collect_gradient_signals(model: torch.nn.Module, layers: dict[str, torch.nn.
         raise InputError(f"calibration needs at least one batch, got {batches}",
                          hint="set the strategy's calibration_batches option ≥ 1")
     lora = layers
-    fused = [n for n in names if n not in lora and hasattr(lora.get(n.rpartition(".")[0]), "get_param")]
-    if fused:
-        raise InputError(f"gradient sketches of fused MoE expert tensors are not supported ({len(fused)} asked for, "
-                         f"e.g. {fused[0]}): a hook sees the whole expert block, not each expert's weight",
-                         hint="leave the experts out of calibration (targets.exclude: ['experts']) or use a "
-                              "weight-only scorer (spectrum, mp)")
-    missing = [n for n in names if n not in lora]
+    experts = {n: split(n) for n in names if n not in lora and hasattr(lora.get(n.rpartition(".")[0]), "get_param")}
+    missing = [n for n in names if n not in lora and n not in experts]
     if missing:
         raise InputError(f"{len(missing)} modules carry no LoRA layer in the model (e.g. {missing[0]})",
                          hint="the plan and the model disagree; re-run `spectra plan`")
+    modules = [n for n in names if n not in experts]
+    tensors = {tensor: lora[tensor] for tensor, _ in experts.values()}
     device = next(model.parameters()).device
     was_training = model.training
     model.train()
     seen = 0
-    with GradientSketch({n: lora[n] for n in names}, dim, seed) as sketch:
+    with GradientSketch({n: lora[n] for n in modules}, dim, seed) as sketch, \
+            expert_probes(tensors, dim, lambda d_in: projection(d_in, dim, seed, device)) as probed:
         for batch in batches_of(batches):
             loss, count = causal_lm_loss(model, {k: v.to(device) for k, v in batch.items()})
             if count:
                 (loss / count).backward()
             seen += 1
+        per_expert = probed()
     for p in model.parameters():
         p.grad = None
     model.train(was_training)
     if seen == 0:
         raise InputError("calibration got no batch from the training data",
                          hint="check the data section (the training split is empty?)")
-    signals = {n: sketch.sketches.get(n, torch.zeros(lora[n].out_features, dim, device=device)) for n in names}
+    signals = {n: sketch.sketches.get(n, torch.zeros(lora[n].out_features, dim, device=device)) for n in modules}
+    for n, (tensor, index) in experts.items():
+        signals[n] = per_expert[tensor][index] if tensor in per_expert else \
+            torch.zeros(lora[tensor].lora_B[ADAPTER].weight.shape[0], dim, device=device)
+    signals = {n: signals[n] for n in names}
     _all_reduce(signals, names)
     check_signals(signals)
     return signals

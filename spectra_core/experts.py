@@ -9,6 +9,11 @@ every optimizer step (:class:`ExpertSteps`) the gradient outside trainable compo
 each expert's step is scaled by its LR scale relative to its tensor's optimizer group; components that
 do not train are restored exactly afterwards, so weight decay and momentum never move a frozen expert.
 
+Experts share a LoRA (a gradient merger's group, within a layer or across layers) by value: every
+member holds the same factors; the group's summed gradient steps the first member's slices, and the
+others are set equal to it after the step (the clipping norm counts the shared factors once, as for a
+group of linear modules, whose members share one parameter).
+
 A saved adapter is a stock peft one (the tensor's rank, zeros where an expert has fewer components).
 """
 
@@ -84,6 +89,22 @@ class _Tensor:
         return values.reshape(-1, 1), values.T.reshape(1, -1)
 
 
+@dataclass
+class _Member:
+    """One expert of a tied group: its tensor's LoRA layer, its index and its rank."""
+
+    layer: torch.nn.Module
+    index: int
+    rank: int
+
+    def slices(self, grads: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of its (A, B) components, or of their gradients."""
+        from .adapters import expert_slices, factors
+
+        f = factors(self.layer)
+        return expert_slices(self.layer, self.index, self.rank, (f["A"].grad, f["B"].grad) if grads else None)
+
+
 class ExpertSteps:
     """Keeps every fused tensor's LoRA to its experts' plan entries (see the module docstring).
 
@@ -96,6 +117,9 @@ class ExpertSteps:
         from .adapters import ADAPTER, experts_of, lora_layers
 
         layers = lora_layers(model)
+        self.groups: dict[str, list[_Member]] = {
+            gid: [_Member(layers[split(m)[0]], split(m)[1], plan.modules[m].rank) for m in members]
+            for gid, members in plan.groups().items() if plan.modules[members[0]].kind == "expert"}
         self.tensors: list[_Tensor] = []
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         for tensor, entries in by_tensor(plan).items():
@@ -132,9 +156,33 @@ class ExpertSteps:
             for p, live, _ in self._factors(t):
                 p.mul_(live.to(p.device, p.dtype))
 
+    def group_gradients(self, gid: str) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]] | None:
+        """(summed, per member position) gradients ``{"A", "B"}`` of tied expert group ``gid``; None before a backward."""
+        members = self.groups[gid]
+        if any(p.grad is None for m in members for p in _factor_params(m.layer)):
+            return None
+        own = {i: dict(zip("AB", (g.detach().clone() for g in m.slices(grads=True)))) for i, m in enumerate(members)}
+        return {f: sum(o[f] for o in own.values()) for f in "AB"}, own
+
+    @torch.no_grad()
+    def set_group_gradient(self, gid: str, grads: dict[str, torch.Tensor]) -> None:
+        """The group's gradient goes to its first member's slices; the others' are zeroed (see the module docstring)."""
+        members = self.groups[gid]
+        for i, m in enumerate(members):
+            for f, g in zip("AB", m.slices(grads=True)):
+                if i == 0:
+                    g.copy_(grads[f].to(g.dtype))
+                else:
+                    g.zero_()
+
     @torch.no_grad()
     def before_step(self) -> None:
-        """Zero the gradient of components that do not train, and remember the factors' values."""
+        """Sum each tied group's gradient into its first member; zero the gradient of components that do
+        not train, and remember the factors' values."""
+        for gid in self.groups:
+            found = self.group_gradients(gid)
+            if found is not None:
+                self.set_group_gradient(gid, found[0])
         self._saved = []
         for t in self.tensors:
             for p, _, step in self._factors(t):
@@ -151,3 +199,42 @@ class ExpertSteps:
             scaled = torch.where(scale == 0, before, before + scale * (p - before))
             p.copy_(torch.where(scale == 1, p, scaled))
         self._saved = []
+        for members in self.groups.values():
+            tie_values(members)
+
+
+def _factor_params(layer: torch.nn.Module) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    from .adapters import factors
+
+    f = factors(layer)
+    return f["A"], f["B"]
+
+
+@torch.no_grad()
+def tie_values(members: list[_Member]) -> None:
+    """Every member's factors set to the first member's."""
+    head = members[0].slices()
+    for m in members[1:]:
+        for mine, theirs in zip(m.slices(), head):
+            mine.copy_(theirs)
+
+
+@torch.no_grad()
+def start_from_mean(members: list[_Member]) -> None:
+    """Every member starts from the best rank-r approximation of the members' mean update (as
+    :func:`spectra_core.adapters.start_from_mean` for modules): ``A = V_rᵀ``, ``B = U_r S_r``."""
+    slices = [m.slices() for m in members]
+    mean = sum(b.double() @ a.double() for a, b in slices) / len(slices)
+    u, s, vh = torch.linalg.svd(mean, full_matrices=False)
+    r = members[0].rank
+    for a, b in slices:
+        a.copy_(vh[:r].to(a.dtype))
+        b.copy_((u[:, :r] * s[:r]).to(b.dtype))
+
+
+def members_of(model: torch.nn.Module, plan: AdapterPlan, names: list[str]) -> list[_Member]:
+    """The tie members of expert entries ``names``."""
+    from .adapters import lora_layers
+
+    layers = lora_layers(model)
+    return [_Member(layers[split(n)[0]], split(n)[1], plan.modules[n].rank) for n in names]

@@ -153,9 +153,133 @@ def test_experts_of_one_tensor_at_two_lora_scales_are_refused(mixtral):
         inject(NoQuantizer().load(mixtral), plan, seed=0)
 
 
-def test_experts_cannot_share_a_lora(mixtral):
+def test_experts_and_modules_cannot_share_a_lora(mixtral):
     plan = expert_plan(mixtral, e0=(True, 2, 4.0, 1.0), e1=(True, 2, 4.0, 1.0))
+    plan.modules["model.layers.0.self_attn.q_proj"].active = True
+    plan.modules["model.layers.0.self_attn.q_proj"].rank = 2
     model = inject(NoQuantizer().load(mixtral), plan, seed=0)
     session = Session(model, plan)
-    with pytest.raises(PluginError, match="MoE expert"):
-        session.apply([Tie(group="g0", modules=[f"{GATE_UP}.0", f"{GATE_UP}.1"], reason="test")], strategy="test")
+    with pytest.raises(PluginError, match="mixes MoE experts"):
+        session.apply([Tie(group="g0", modules=[f"{GATE_UP}.0", "model.layers.0.self_attn.q_proj"], reason="t")],
+                      strategy="test")
+
+
+def test_an_experts_gradient_sketch_is_its_dense_gradient_projected(mixtral, corpus):
+    """Calibration sketches an expert through extra LoRA components (A = Rᵀ, B = 0): the sketch equals the
+    fused tensor's exact dense gradient for that expert times R, and the model's LoRA is put back."""
+    from spectra_core.calibration import collect_gradient_signals, projection
+    from spectra_core.data import collate
+
+    plan = expert_plan(mixtral, e0=(True, 2, 4.0, 1.0), e2=(True, 2, 4.0, 1.0))
+    model = inject(NoQuantizer().load(mixtral), plan, seed=0)
+    layer = lora_layers(model)[GATE_UP]
+    a_before = factors(layer)["A"]
+    batch = collate([{"input_ids": [5, 17, 42, 99, 7, 3, 250, 11], "labels": [5, 17, 42, 99, 7, 3, 250, 11]}], 0)
+    signals = collect_gradient_signals(model, lora_layers(model), lambda n: [batch] * n,
+                                       [f"{GATE_UP}.0", f"{GATE_UP}.2"], batches=1, dim=8, seed=3)
+    assert factors(layer)["A"] is a_before and layer.lora_A["default"].weight.shape[0] == 4 * 2
+    weight = layer.get_param()  # the fused base tensor: its exact gradient, for comparison
+    weight.requires_grad_(True)
+    from spectra_core.training.loss import causal_lm_loss
+
+    loss, n = causal_lm_loss(model, batch)
+    (loss / n).backward()
+    for e in (0, 2):
+        g = weight.grad[e] if layer._did_swap_in_out_features else weight.grad[e].T  # peft's out × in
+        want = g.float() @ projection(g.shape[1], 8, 3)
+        torch.testing.assert_close(signals[f"{GATE_UP}.{e}"], want, rtol=1e-3, atol=1e-7)
+
+
+def test_sgm_groups_experts_within_and_across_layers(mixtral, corpus, tmp_path):
+    """method sgm with every expert a candidate (threshold -1: every bucket merges up to 4 members):
+    experts share LoRAs, trained members stay bitwise equal, the group counts once, and the merged export
+    equals stock peft's adapter."""
+    from test_architectures import check_against_stock_peft
+
+    cfg = config_dict(mixtral, corpus, tmp_path / "run", max_steps=3, eval_every=3, save_every=3)
+    cfg = {k: v for k, v in cfg.items() if k not in ("quantizer", "scorer", "allocator")} | {"method": "sgm"}
+    cfg["quantizer"] = {"name": "none"}
+    cfg["allocator"] = {"options": {"top_fraction": 1.0, "rank": 2, "alpha": 4}}
+    cfg["gradient_merger"] = {"name": "cosine-groups", "options": {"threshold": -1.0, "calibration_batches": 2}}
+    cfg["exporters"] = [{"name": "peft-adapter"}, {"name": "merged"}]
+    pipe = Pipeline.from_dict(cfg)
+    run = pipe.train()
+    groups = {g: ms for g, ms in run.plan.groups().items() if run.plan.modules[ms[0]].kind == "expert"}
+    assert groups and all(len(ms) <= 4 for ms in groups.values())
+    assert any(len({m.split(".mlp.")[0] for m in ms}) == 1 for ms in groups.values())  # within one layer
+    model = run.peft_model()
+    layers = lora_layers(model)
+    for members in groups.values():
+        slices = [expert_slices_of(layers, run.plan, m) for m in members]
+        assert float(slices[0][1].abs().max()) > 0, "the shared LoRA did not train"
+        for a, b in slices[1:]:
+            torch.testing.assert_close(a, slices[0][0], rtol=0, atol=0)
+            torch.testing.assert_close(b, slices[0][1], rtol=0, atol=0)
+    alone = sum(m.lora_params() for m in run.plan.active())
+    shared = sum(run.plan.modules[ms[0]].lora_params() * (len(ms) - 1) for ms in run.plan.groups().values())
+    assert run.plan.trainable_parameters() == alone - shared
+    paths = pipe.export(run)
+    check_against_stock_peft("mixtral", NoQuantizer().load(mixtral), run.run_dir / "final", paths["merged"], run.plan)
+
+
+def expert_slices_of(layers, plan, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from spectra_core.adapters import expert_slices
+
+    tensor, index = split(name)
+    return tuple(t.detach() for t in expert_slices(layers[tensor], index, plan.modules[name].rank))
+
+
+def test_a_fused_layout_checkpoint_is_scanned_per_expert(mixtral, tmp_path):
+    """A checkpoint that stores the experts fused (3-D ``experts.gate_up_proj``, as the loaded model holds
+    them) is scanned straight from its files, one score per expert slice, equal to the scores of the
+    same weights stored expert by expert (the fixture, which transformers saves in Mixtral's own layout)."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from spectra_core.builtins.scorers import SpectrumScorer
+    from spectra_core.target_scan import load_float, scan_targets
+
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    state = {k: v.detach().clone().contiguous() for k, v in load_float(mixtral).state_dict().items()}
+    save_file(state, str(fused / "model.safetensors"), metadata={"format": "pt"})
+    for f in mixtral.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, fused / f.name)
+    with safe_open(str(fused / "model.safetensors"), "pt") as fh:
+        assert fh.get_slice(f"{GATE_UP}").get_shape() == [4, 128, 64]
+    targets = find_targets(fused, TargetsConfig())
+    experts = [t.name for t in targets if t.kind == "expert"]
+    assert f"{GATE_UP}.3" in experts and len(experts) == 2 * 2 * 4
+    got = scan_targets(fused, SpectrumScorer(), targets, progress=False).by_name()
+    want = scan_targets(mixtral, SpectrumScorer(), find_targets(mixtral, TargetsConfig()), progress=False).by_name()
+    assert set(got) == set(want) and set(experts) <= set(got)
+    for name in experts:
+        assert got[name].score == pytest.approx(want[name].score, rel=1e-6)
+        assert got[name].type == plan_type(name)
+
+
+def plan_type(name: str) -> str:
+    return "mlp.experts." + name.rsplit(".", 2)[1]
+
+
+def test_a_run_with_per_expert_plans_resumes_bitwise(mixtral, corpus, tmp_path):
+    """Mixed expert ranks, LR scales and frozen experts (all-inactive): a run resumed from its step-2
+    checkpoint ends bitwise where the uninterrupted one does."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    plan = expert_plan(mixtral, e0=(True, 2, 4.0, 1.0), e1=(True, 1, 2.0, 0.5), e3=(False, 2, 4.0, 1.0))
+    plan.mode = "all-inactive"
+    kw = {"max_steps": 4, "save_every": 2, "keep_checkpoints": 3, "eval_every": 4, "weight_decay": 0.01}
+    Pipeline.from_dict(config_dict(mixtral, corpus, tmp_path / "a", **kw)).train(plan.model_copy(deep=True))
+    Pipeline.from_dict(config_dict(mixtral, corpus, tmp_path / "b", **kw)).train(plan.model_copy(deep=True))
+    shutil.rmtree(tmp_path / "b" / "final")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-00000004")
+    Pipeline.from_dict(config_dict(mixtral, corpus, tmp_path / "b", **kw)).train(resume=True)
+    a = load_file(tmp_path / "a" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -55,14 +55,14 @@ def _problems(plan: AdapterPlan, layers: dict[str, torch.nn.Module], changes: li
             continue
         if isinstance(c, Tie):
             fused = [m for m in c.modules if plan.modules[m].kind == "expert"]
-            if fused:
-                out.append(f"tie {c.group!r}: {fused[0]} is an MoE expert; experts of a fused tensor cannot share a LoRA")
+            if fused and len(fused) < len(c.modules):
+                out.append(f"tie {c.group!r}: mixes MoE experts ({fused[0]}) and linear modules")
                 continue
             if c.group in groups:
                 out.append(f"tie {c.group!r}: two ties propose that group id")
             groups.add(c.group)
             entries = [plan.modules[m] for m in c.modules]
-            missing = [m for m in c.modules if m not in layers]
+            missing = [m for m in c.modules if _layer(plan, layers, m) is None]
             kinds = {(e.shape, e.rank, e.alpha, e.lr_scale) for e in entries}
             if missing:
                 out.append(f"tie {c.group!r}: {', '.join(missing)} carry no LoRA")
@@ -123,21 +123,30 @@ def apply_changes(model: torch.nn.Module, plan: AdapterPlan, changes: Any, *, st
     start = len(plan.history)
     record = {"step": step, "strategy": strategy}
     for c in (c for c in parsed if isinstance(c, Untie)):
-        adapters.untie(layers[c.module])
+        if plan.modules[c.module].kind == "module":  # an expert keeps its own slices of the tensor's LoRA
+            adapters.untie(layers[c.module])
         plan.update(c.module, reason=c.reason, group=None, **record)
     for c in (c for c in parsed if isinstance(c, Tie)):
-        _tie(plan, layers, c, record)
+        _tie(model, plan, layers, c, record)
     adapters.tie_groups(model, plan)
     for c in (c for c in parsed if isinstance(c, ModuleChange)):
         _module(plan, layers, c, record, optimizer, generator)
     return plan.history[start:]
 
 
-def _tie(plan: AdapterPlan, layers: dict[str, torch.nn.Module], c: Tie, record: dict[str, Any]) -> None:
+def _tie(model: torch.nn.Module, plan: AdapterPlan, layers: dict[str, torch.nn.Module], c: Tie,
+         record: dict[str, Any]) -> None:
     """Relabel an existing group with exactly these members; else untie members from their old groups
-    (so those keep their parameters), start the shared LoRA, and label the members."""
+    (so those keep their parameters), start the shared LoRA, and label the members. Experts share by
+    value (:mod:`spectra_core.experts`): they start from the first member's factors, or the mean."""
     same = any(set(ms) == set(c.modules) for ms in plan.groups().values())
-    if not same:
+    if not same and plan.modules[c.modules[0]].kind == "expert":
+        members = experts.members_of(model, plan, c.modules)
+        if c.init == "mean":
+            experts.start_from_mean(members)
+        else:
+            experts.tie_values(members)
+    elif not same:
         for name in c.modules:
             if plan.modules[name].group is not None:
                 adapters.untie(layers[name])

@@ -121,6 +121,13 @@ class Session:
         layers = adapters.lora_layers(self.model)
         found = []
         for gid, members in groups.items():
+            if gid in self.expert_steps.groups:
+                grads = self.expert_steps.group_gradients(gid)
+                if grads is not None:
+                    summed, own = grads
+                    found.append(GroupGradients(gid, list(members), summed,
+                                                {members[i]: g for i, g in own.items()}))
+                continue
             shared = adapters.factors(layers[members[0]])
             if any(p.grad is None for p in shared.values()):
                 continue
@@ -132,6 +139,9 @@ class Session:
         new = self.merger.merge_gradients(self, found) if found else {}
         check_merged_gradients(new, found, strategy=self.merger.name)
         for gid, grads in new.items():
+            if gid in self.expert_steps.groups:
+                self.expert_steps.set_group_gradient(gid, grads)
+                continue
             shared = adapters.factors(layers[groups[gid][0]])
             for f, g in grads.items():
                 shared[f].grad.copy_(g.to(shared[f].grad.dtype))

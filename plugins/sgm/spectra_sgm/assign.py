@@ -10,9 +10,9 @@ from .similarity import Bucket, buckets, cosine_matrix
 
 
 def candidates(plan: AdapterPlan) -> list[str]:
-    """Modules that train a LoRA of their own (active, rank > 0), in plan order. Fused MoE expert tensors
-    (``kind: parameter``) are not grouped: their per-expert gradients have no sketch yet."""
-    return [m.name for m in plan.active() if m.rank > 0 and m.kind == "module"]
+    """Modules and MoE experts that train a LoRA of their own (active, rank > 0), in plan order (experts
+    of one fused tensor kind bucket together, across their layer and others)."""
+    return [m.name for m in plan.active() if m.rank > 0]
 
 
 def measure(session: TrainingSession, plan: AdapterPlan, options: GroupingOptions) -> list[Bucket]:

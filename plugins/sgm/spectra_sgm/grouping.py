@@ -18,10 +18,11 @@ def linkage_similarity(sim: torch.Tensor, a: list[int], b: list[int], linkage: L
 
 
 def contiguous(layers: list[int | None]) -> bool:
-    """True when the layer indices are all known and form one run of consecutive integers."""
+    """True when the layer indices are all known and their distinct values form one run of consecutive
+    integers (experts of one layer are adjacent to each other)."""
     if any(x is None for x in layers):
         return False
-    ordered = sorted(layers)
+    ordered = sorted(set(layers))
     return ordered == list(range(ordered[0], ordered[0] + len(ordered)))
 
 
