@@ -256,7 +256,7 @@ def test_eva_or_loftq_init_on_fused_experts_is_refused(models):
     from spectra_core.plan import AdapterPlan, LoraInit, ModulePlan
     from spectra_core.targets import fit_plan
 
-    targets = survey_model(models("mixtral"), TargetsConfig()).targets
+    targets = plan_targets(survey_model(models("mixtral"), TargetsConfig()).targets)
     plan = AdapterPlan(allocator="test", init=LoraInit(name="eva"), modules={t.name: ModulePlan(
         name=t.name, type=t.type, shape=(t.out_features, t.in_features), active=True, rank=2, alpha=4.0)
         for t in targets})
