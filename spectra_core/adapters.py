@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import experts
 from .errors import ConfigError, InputError
+from .expert_plan import by_tensor, carries_lora, components, lora_scaling, lr_scale, split, tensor_lora
 from .quantized import dense_weight
 
 if TYPE_CHECKING:
@@ -48,8 +48,8 @@ class PeftTarget:
 def peft_targets(plan: AdapterPlan) -> list[PeftTarget]:
     """The LoRA layers that realise ``plan``, in plan order (the expert tensors after the modules)."""
     out = [PeftTarget(m.name, "module", m.rank, m.alpha) for m in plan.injected() if m.kind == "module"]
-    for tensor, entries in experts.by_tensor(plan).items():
-        lora = experts.tensor_lora(plan, tensor, entries)
+    for tensor, entries in by_tensor(plan).items():
+        lora = tensor_lora(plan, tensor, entries)
         if lora is not None:
             out.append(PeftTarget(tensor, "parameter", *lora))
     return out
@@ -96,7 +96,7 @@ def inject(base: torch.nn.Module, plan: AdapterPlan, *, seed: int = 0, config: d
     model = get_peft_model(base, lora_config(plan, **config),
                            low_cpu_mem_usage="eva_config" in config)  # EVA fills the weights (peft's advice)
     quantize_wrapped_experts(model)
-    experts.ExpertSteps(model, plan).zero_dead()
+    zero_unowned(model, plan)
     if initialize is not None:
         initialize(model)
     tie_groups(model, plan)
@@ -215,9 +215,9 @@ def trainable_layers(plan: AdapterPlan) -> dict[str, float]:
     """LoRA layer name → LR scale, for the layers that train: active modules, and expert tensors with an
     active expert (at the largest LR scale of their active experts, see :mod:`spectra_core.experts`)."""
     out = {m.name: m.lr_scale for m in plan.active() if m.kind == "module"}
-    for tensor, entries in experts.by_tensor(plan).items():
+    for tensor, entries in by_tensor(plan).items():
         if any(m.active and m.rank > 0 for m in entries):
-            out[tensor] = experts.lr_scale(plan, entries)
+            out[tensor] = lr_scale(plan, entries)
     return out
 
 
@@ -237,7 +237,7 @@ def check_plan(plan: AdapterPlan, model: torch.nn.Module) -> None:
     """Every injected module and expert exists in ``model`` (before injection), and its rank fits its shape."""
     modules = dict(model.named_modules())
     for m in plan.injected():
-        tensor, index = experts.split(m.name) if m.kind == "expert" else (m.name, 0)
+        tensor, index = split(m.name) if m.kind == "expert" else (m.name, 0)
         owner, _, attr = tensor.rpartition(".")
         found = modules.get(m.name) if m.kind == "module" else getattr(modules.get(owner), attr, None)  # parametrized too
         if found is None or (m.kind == "expert" and (found.ndim != 3 or index >= found.shape[0])):
@@ -370,7 +370,7 @@ class ExpertHandle(AdapterHandle):
 
     def __init__(self, name: str, layer: torch.nn.Module, rank: int, alpha: float) -> None:
         super().__init__(name, layer)
-        self.index = experts.split(name)[1]
+        self.index = split(name)[1]
         self._rank, self._alpha = rank, alpha
 
     def _orient(self, t: torch.Tensor) -> torch.Tensor:
@@ -415,16 +415,35 @@ class ExpertHandle(AdapterHandle):
         return factored_svd(b, a)[1] * abs(self.scaling)
 
 
+def component_masks(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-component ``values`` (``[experts, rank]``) laid out as a fused tensor's factors: A rows
+    expert-major (``[E·r, 1]``), B columns rank-major (``[1, r·E]``)."""
+    return values.reshape(-1, 1), values.T.reshape(1, -1)
+
+
+@torch.no_grad()
+def zero_unowned(model: torch.nn.Module, plan: AdapterPlan) -> None:
+    """Zero the components of every fused tensor's LoRA that no expert owns (:mod:`spectra_core.experts`)."""
+    layers = lora_layers(model)
+    for tensor, entries in by_tensor(plan).items():
+        layer = layers.get(tensor)
+        if layer is None:
+            continue
+        live, _ = components(plan, entries, experts_of(layer), int(layer.r[ADAPTER]))
+        for p, mask in zip(factors(layer).values(), component_masks(live)):
+            p.mul_(mask.to(p.device, p.dtype))
+
+
 def handles(model: torch.nn.Module, plan: AdapterPlan) -> dict[str, AdapterHandle]:
     """The handle of every plan entry that carries a LoRA in ``model``, in model order."""
-    by_tensor = experts.by_tensor(plan)
+    tensors = by_tensor(plan)
     out: dict[str, AdapterHandle] = {}
     for name, layer in lora_layers(model).items():
-        if name not in by_tensor:
+        if name not in tensors:
             out[name] = AdapterHandle(name, layer)
             continue
-        for m in by_tensor[name]:
-            if experts.carries_lora(plan, m):
+        for m in tensors[name]:
+            if carries_lora(plan, m):
                 out[m.name] = ExpertHandle(m.name, layer, m.rank, m.alpha)
     return out
 
@@ -443,10 +462,6 @@ class Resized:
             return f"rank {self.old_rank} -> {self.new_rank} by zero-padding B (update unchanged)"
         return (f"rank {self.old_rank} -> {self.new_rank} by truncated SVD of BA, "
                 f"{self.energy_kept:.1%} of its energy kept")
-
-
-def lora_scaling(alpha: float, rank: int, use_rslora: bool) -> float:
-    return alpha / (math.sqrt(rank) if use_rslora else rank)
 
 
 def resize(layer: torch.nn.Module, rank: int, alpha: float, *, use_rslora: bool,
@@ -645,7 +660,7 @@ def check_groups(plan: AdapterPlan, layers: dict[str, torch.nn.Module]) -> None:
                              "are held differently (slices of a fused tensor's LoRA vs a layer's own)",
                              hint="group experts with experts and modules with modules")
         missing = [m for m in members if m not in layers and not (
-            m in fused and experts.split(m)[0] in layers and experts.carries_lora(plan, plan.modules[m]))]
+            m in fused and split(m)[0] in layers and carries_lora(plan, plan.modules[m]))]
         if missing:
             raise InputError(f"group {gid}: {', '.join(missing)} carry no LoRA layer in the model",
                              hint="only modules the plan adapts (active, rank > 0) can share a LoRA")

@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from .adapters import ADAPTER, expert_probes
 from .errors import InputError
-from .experts import split
+from .expert_plan import split
 from .plan import AdapterPlan, ModulePlan
 from .strategies import TargetModule
 from .training.distributed import world

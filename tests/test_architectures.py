@@ -13,7 +13,7 @@ from train_fixtures import cli_env, config_dict, spectra_cmd, write_text
 
 from spectra_core.config import TargetsConfig
 from spectra_core.errors import InputError
-from spectra_core.experts import carries_lora, split
+from spectra_core.expert_plan import carries_lora, split
 from spectra_core.models import survey_model
 from spectra_core.targets import plan_targets
 from spectra_core.pipeline import Pipeline

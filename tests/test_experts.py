@@ -15,7 +15,7 @@ from spectra_core.builtins.quantizers import NoQuantizer
 from spectra_core.changes import Tie, resize
 from spectra_core.config import TargetsConfig
 from spectra_core.errors import ConfigError, PluginError
-from spectra_core.experts import split
+from spectra_core.expert_plan import split
 from spectra_core.models import find_targets
 from spectra_core.pipeline import Pipeline
 from spectra_core.plan import AdapterPlan, ModulePlan

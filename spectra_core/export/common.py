@@ -13,7 +13,7 @@ from typing import Any
 
 from spectra_core.adapters import peft_targets
 from spectra_core.errors import InputError
-from spectra_core.experts import by_tensor
+from spectra_core.expert_plan import by_tensor
 from spectra_core.plan import AdapterPlan
 from spectra_core.strategies import RunArtifacts
 

@@ -10,6 +10,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 
 from .. import adapters, experts
+from ..expert_plan import carries_lora, split
 from ..changes import Change, ModuleChange, Tie, Untie
 from ..errors import PluginError
 from ..plan import AdapterPlan, PlanChange
@@ -81,7 +82,7 @@ def _layer(plan: AdapterPlan, layers: dict[str, torch.nn.Module], name: str) -> 
     entry = plan.modules[name]
     if entry.kind != "expert":
         return layers.get(name)
-    return layers.get(experts.split(name)[0]) if experts.carries_lora(plan, entry) else None
+    return layers.get(split(name)[0]) if carries_lora(plan, entry) else None
 
 
 def _module_problems(plan: AdapterPlan, layers: dict[str, torch.nn.Module], c: ModuleChange) -> list[str]:
@@ -159,7 +160,7 @@ def _tie(model: torch.nn.Module, plan: AdapterPlan, layers: dict[str, torch.nn.M
 def _module(plan: AdapterPlan, layers: dict[str, torch.nn.Module], c: ModuleChange, record: dict[str, Any],
             optimizer: torch.optim.Optimizer | None, generator: torch.Generator | None) -> None:
     entry, layer = plan.modules[c.module], _layer(plan, layers, c.module)
-    expert = experts.split(c.module)[1] if entry.kind == "expert" else None
+    expert = split(c.module)[1] if entry.kind == "expert" else None
     rank = c.rank if c.rank is not None else entry.rank
     alpha = c.alpha if c.alpha is not None else entry.alpha
     outcome = []

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters import peft_targets
-from ..experts import by_tensor
+from ..expert_plan import by_tensor
 from ..builtins.quantizers import base_bytes_per_param, other_bytes_per_param, quantizes_experts
 from ..plan import AdapterPlan
 
