@@ -32,7 +32,7 @@ from .errors import InputError
 from .plan import AdapterPlan, ModulePlan
 from .strategies import TargetModule
 from .training.distributed import world
-from .training.loss import causal_lm_loss
+from .training.loss import lm_loss
 
 CALIBRATION_RANK = 1
 
@@ -115,7 +115,7 @@ def collect_gradient_signals(model: torch.nn.Module, layers: dict[str, torch.nn.
     seen = 0
     with GradientSketch({n: lora[n] for n in names}, dim, seed) as sketch:
         for batch in batches_of(batches):
-            loss, count = causal_lm_loss(model, {k: v.to(device) for k, v in batch.items()})
+            loss, count = lm_loss(model, {k: v.to(device) for k, v in batch.items()})
             if count:
                 (loss / count).backward()
             seen += 1

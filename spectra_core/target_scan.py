@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .strategies import TargetModule
-from .targets import meta_model, model_class, slice_names
+from .targets import load_pretrained, meta_model, slice_names
 
 if TYPE_CHECKING:
     import torch
@@ -64,8 +64,5 @@ def checkpoint_source(model_dir: Any, *, trust_remote_code: bool = False) -> Any
 def load_float(model_dir: Any, *, trust_remote_code: bool = False) -> torch.nn.Module:
     """The model in float32 on the CPU, from safetensors."""
     import torch
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    return model_class(config).from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
-                                               trust_remote_code=trust_remote_code)
+    return load_pretrained(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)

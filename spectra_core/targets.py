@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 ROUTER = "router: the expert-choice weights stay frozen (adapting them shifts the load balance between experts)"
 GATE = "1×H gate: a weight with one output row has no low-rank structure to adapt; kept frozen"
 EMBEDDING = "embedding: spectra adapts linear layers, not embeddings"
+RELATIVE_BIAS = ("relative position bias: a table of per-head biases over position buckets (T5), not a linear map; "
+                 "kept frozen")
 NORM_BIAS = "norms and biases: not LoRA targets"
 EXCLUDED = "excluded by targets.exclude"
 HEAD = "output head: frozen by default (targets.exclude replaces the default ['lm_head'] to adapt it)"
@@ -51,6 +53,7 @@ class Survey:
     families: list[Family]
     total_params: int
     adapted_params: int
+    model_config: Any = None  # the transformers config of the surveyed model
 
     def adaptable_fraction(self) -> float:
         """Share of the model's parameters (each tied tensor once) that sit in adapted families."""
@@ -65,24 +68,38 @@ class Survey:
                  "status": "adapted" if f.adapted else "skipped", "reason": f.reason} for f in self.families]
 
 
+def is_seq2seq(config: Any) -> bool:
+    """True for an encoder-decoder model (T5, BART, ...): the config says so or its type has a seq2seq-LM class."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    return bool(getattr(config, "is_encoder_decoder", False)) or \
+        getattr(config, "model_type", None) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+
 def model_class(config: Any) -> Any:
-    """The transformers auto class for ``config``: causal LMs only; anything else is refused (exit 2)."""
-    from transformers import AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
-    )
+    """The transformers auto class that builds and loads ``config``'s model: ``AutoModelForSeq2SeqLM`` for an
+    encoder-decoder, ``AutoModelForCausalLM`` for a causal LM; anything else is refused (exit 2)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     kind = getattr(config, "model_type", None)
-    if getattr(config, "is_encoder_decoder", False) or kind in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
-        raise InputError(f"{kind} is an encoder-decoder (seq2seq) model; spectra trains decoder-only causal LMs "
-                         "(AutoModelForCausalLM) and has no seq2seq data format yet",
-                         hint="use a decoder-only model, or train this one with peft directly "
-                              "(TaskType.SEQ_2_SEQ_LM); see docs/architectures.md")
+    if is_seq2seq(config):
+        return AutoModelForSeq2SeqLM
     if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM"):
         return AutoModelForCausalLM
-    raise InputError(f"model type {kind!r} has no causal-LM class in transformers (AutoModelForCausalLM)",
-                     hint="spectra trains causal LMs; see docs/architectures.md for the supported architectures")
+    raise InputError(f"model type {kind!r} has no causal-LM or seq2seq-LM class in transformers "
+                     "(AutoModelForCausalLM, AutoModelForSeq2SeqLM)",
+                     hint="spectra trains causal and encoder-decoder LMs; see docs/architectures.md for the "
+                          "supported architectures")
+
+
+def load_pretrained(model_dir: Any, *, trust_remote_code: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """``from_pretrained`` of the model in ``model_dir`` with its class (:func:`model_class`), from safetensors."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    return model_class(config).from_pretrained(model_dir, trust_remote_code=trust_remote_code,
+                                               use_safetensors=True, **kwargs)
 
 
 def meta_model(config: Any, *, trust_remote_code: bool = False) -> torch.nn.Module:
@@ -127,18 +144,20 @@ def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
     head = model.get_output_embeddings() if "exclude" not in targets.model_fields_set else None
     families: dict[tuple[str, str, str], Family] = {}
     found: list[TargetModule] = []
-    counted: set[int] = set()
+    first_name: dict[int, str] = {}  # tensor id -> the first module holding it (tied tensors count once)
     total = adapted = 0
     for pname, param in model.named_parameters(remove_duplicate=False):  # a tied head is a module of its own
-        new = id(param) not in counted
-        counted.add(id(param))
-        total += param.numel() if new else 0
         owner_name, _, attr = pname.rpartition(".")
+        new = id(param) not in first_name
+        first_name.setdefault(id(param), owner_name)
+        total += param.numel() if new else 0
         owner = modules[owner_name]
         shape = tuple(param.shape)
         parent, _, last = owner_name.rpartition(".")
         router = last in ("gate", "router") and f"{parent}.experts" in modules
         layer, reason = _layer_kind(owner, attr, param.ndim, shape, router)
+        if reason == EMBEDDING and last == "relative_attention_bias":
+            reason = RELATIVE_BIAS
         kind = "parameter" if param.ndim == 3 else "module"
         name = owner_name if kind == "module" else pname
         if reason is None and include is not None and not any(p.search(name) for p in include):
@@ -147,6 +166,8 @@ def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
             reason = EXCLUDED
         if reason is None and owner is head:  # named embed_out, output_layer, ... in some models
             reason = HEAD
+        if reason is not None and reason != NORM_BIAS and not new:
+            reason = f"tied to {first_name[id(param)]}; {reason}"
         mtype = module_type(name) if reason != NORM_BIAS else "(norms, biases)"
         family = families.setdefault((mtype, layer, reason or ""),
                                      Family(type=mtype, layer=layer, adapted=reason is None, reason=reason or ""))
@@ -165,7 +186,8 @@ def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
         else:
             found.append(TargetModule(name=name, type=mtype, out_features=owner.out_features,
                                       in_features=owner.in_features))
-    return Survey(targets=found, families=list(families.values()), total_params=total, adapted_params=adapted)
+    return Survey(targets=found, families=list(families.values()), total_params=total, adapted_params=adapted,
+                  model_config=model.config)
 
 
 def _expert_shape(owner: torch.nn.Module, shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -46,6 +46,8 @@ def make_model(arch: str, path: Path, seed: int = 0) -> Path:
               "bos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
               **ARCHITECTURES[arch]}
     config = AutoConfig.for_model(arch.removesuffix("-tied"), **fields)
+    if config.is_encoder_decoder:  # the decoder starts from the pad token, as in T5's and BART's own configs
+        config.decoder_start_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     model = cls.from_config(config)
