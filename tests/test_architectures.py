@@ -1,6 +1,7 @@
 """The architecture matrix: tiny random models of every family (arch_fixtures) through scan, plan,
 training (2 steps), export, and a stock-peft load whose logits the merged model matches; MoE experts
-adapted one LoRA per expert and quantized by bnb-nf4; refusals exit 2 with the reason."""
+adapted one LoRA per expert and quantized by bnb-nf4; encoder-decoders (T5, BART) on seq2seq data with
+targets in both stacks; refusals exit 2 with the reason."""
 
 from __future__ import annotations
 
@@ -8,22 +9,35 @@ import subprocess
 
 import pytest
 import torch
-from arch_fixtures import ARCHITECTURES, BNB_END_TO_END, METHOD_ARCHITECTURES, METHODS, MOE_ARCHITECTURES, make_model
-from train_fixtures import cli_env, config_dict, spectra_cmd, write_text
+from arch_fixtures import (
+    ARCHITECTURES,
+    BNB_END_TO_END,
+    METHOD_ARCHITECTURES,
+    METHODS,
+    MOE_ARCHITECTURES,
+    SEQ2SEQ_ARCHITECTURES,
+    load_stock,
+    make_model,
+)
+from train_fixtures import cli_env, config_dict, instruction_rows, spectra_cmd, write_jsonl, write_text
 
 from spectra_core.config import TargetsConfig
-from spectra_core.errors import InputError
 from spectra_core.models import survey_model
 from spectra_core.pipeline import Pipeline
 
-SUPPORTED = [a for a in ARCHITECTURES if a != "t5"]
 PROMPT = [[5, 17, 42, 99, 7, 3, 250, 11]]
+DECODER_PROMPT = [[3, 8, 21, 64]]  # decoder inputs of an encoder-decoder (starting from its start token, pad)
 TOLERANCE = 1e-4  # max |Δlogit| / max |logit|, merged model against stock peft on the float base
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return write_text(tmp_path_factory.mktemp("arch-data") / "train.txt", n=60)
+    """arch -> its training data: plain text for causal LMs, input/target pairs for encoder-decoders."""
+    root = tmp_path_factory.mktemp("arch-data")
+    text = write_text(root / "train.txt", n=60)
+    pairs = write_jsonl(root / "pairs.jsonl", [{"input": r["prompt"], "target": r["response"]}
+                                                for r in instruction_rows(40)])
+    return lambda arch: pairs if arch in SEQ2SEQ_ARCHITECTURES else text
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +53,16 @@ def models(tmp_path_factory):
     return get
 
 
-def matrix_config(model_dir, data, out, quantizer: str = "none", **extra):
-    cfg = config_dict(model_dir, data, out, max_steps=2, eval_every=2, save_every=2, batch_size=2)
+def arch_config(arch, model_dir, corpus, out, **training):
+    """config_dict on ``arch``'s data (``data.format: seq2seq`` for an encoder-decoder)."""
+    cfg = config_dict(model_dir, corpus(arch), out, **training)
+    if arch in SEQ2SEQ_ARCHITECTURES:
+        cfg["data"]["format"] = "seq2seq"
+    return cfg
+
+
+def matrix_config(arch, model_dir, corpus, out, quantizer: str = "none", **extra):
+    cfg = arch_config(arch, model_dir, corpus, out, max_steps=2, eval_every=2, save_every=2, batch_size=2)
     cfg["scorer"] = {"name": "spectrum"}
     cfg["quantizer"] = {"name": quantizer}
     cfg["allocator"]["options"] = {"rank": 2, "alpha": 4, "top_fraction": 1.0}
@@ -54,8 +76,9 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def logits(model) -> torch.Tensor:
+    decoder = {"decoder_input_ids": torch.tensor(DECODER_PROMPT)} if model.config.is_encoder_decoder else {}
     with torch.no_grad():
-        return model(input_ids=torch.tensor(PROMPT)).logits.float()
+        return model(input_ids=torch.tensor(PROMPT), **decoder).logits.float()
 
 
 def expert_deltas(model) -> dict[str, torch.Tensor]:
@@ -67,19 +90,17 @@ def expert_deltas(model) -> dict[str, torch.Tensor]:
             for n, m in model.named_modules() if isinstance(m, ParamWrapper)}
 
 
-@pytest.mark.parametrize("arch", SUPPORTED)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_architecture_trains_exports_and_stock_peft_matches_merged(arch, models, corpus, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     model_dir = models(arch)
-    pipe = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run"))
+    pipe = Pipeline.from_dict(matrix_config(arch, model_dir, corpus, tmp_path / "run"))
     scores = pipe.scan(progress=False)
     plan = pipe.plan(scores)
     assert plan.modules and all(m.active for m in plan.modules.values())
     run = pipe.train(plan, scores=scores)
     paths = pipe.export(run)
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    base = load_stock(model_dir)
     before = logits(base)
     check_against_stock_peft(arch, base, run.run_dir / "final", paths["merged"], plan)
     assert relative_error(logits(base), before) > 1e-6  # the adapter (now on base) changes the model
@@ -92,12 +113,11 @@ def check_against_stock_peft(arch, base, final, merged_dir, plan, quantized: boo
     them (``adapters.load``: stock ``PeftModel.from_pretrained``, then the experts quantized).
     ``every_expert``: every active fused tensor has all experts trained; else no tensor is partly trained."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from spectra_core.adapters import load
 
     adapted = (load(base, final, plan) if quantized else PeftModel.from_pretrained(base, final)).eval()
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    merged = load_stock(merged_dir)
     error = relative_error(logits(merged), logits(adapted))
     assert error <= TOLERANCE, f"{arch}: merged vs stock peft, relative error {error:.2e}"
     if arch in MOE_ARCHITECTURES:
@@ -119,7 +139,7 @@ def test_bnb_run_merges_exactly_onto_its_4bit_base(arch, models, corpus, tmp_pat
     from spectra_core.builtins.quantizers import BnbNF4Quantizer
 
     model_dir = models(arch)
-    pipe = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run", quantizer="bnb-nf4"))
+    pipe = Pipeline.from_dict(matrix_config(arch, model_dir, corpus, tmp_path / "run", quantizer="bnb-nf4"))
     run = pipe.train()
     paths = pipe.export(run)
     check_against_stock_peft(arch, BnbNF4Quantizer().load(model_dir), run.run_dir / "final", paths["merged"],
@@ -129,11 +149,11 @@ def test_bnb_run_merges_exactly_onto_its_4bit_base(arch, models, corpus, tmp_pat
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", METHOD_ARCHITECTURES)
 def test_method_runs_end_to_end(arch, method, models, corpus, tmp_path):
-    """Each method (its own quantizer, scorer, allocator, merger/rebalancer) on llama, gpt2 and mixtral."""
+    """Each method (its own quantizer, scorer, allocator, merger/rebalancer) on llama, gpt2, mixtral and t5."""
     from spectra_core.builtins.quantizers import BnbNF4Quantizer
 
     model_dir = models(arch)
-    cfg = config_dict(model_dir, corpus, tmp_path / "run", max_steps=4, eval_every=2, save_every=2, batch_size=2)
+    cfg = arch_config(arch, model_dir, corpus, tmp_path / "run", max_steps=4, eval_every=2, save_every=2, batch_size=2)
     cfg = {k: v for k, v in cfg.items() if k not in ("quantizer", "scorer", "allocator")} | {"method": method}
     cfg["allocator"] = {"options": METHOD_ALLOCATOR[method]}
     pipe = Pipeline.from_dict(cfg)
@@ -194,25 +214,13 @@ def test_bnb_quantizes_every_target(arch, models):
             assert isinstance(base, bnb.nn.Linear4bit), f"{t.name} is {type(base).__name__}"
 
 
-def test_t5_is_refused_with_the_reason(models, corpus, tmp_path):
-    model_dir = models("t5")
-    with pytest.raises(InputError, match="encoder-decoder"):
-        survey_model(model_dir, TargetsConfig())
-    config = tmp_path / "run.yaml"
-    import yaml
-
-    config.write_text(yaml.safe_dump(matrix_config(model_dir, corpus, tmp_path / "run")), encoding="utf-8")
-    done = subprocess.run(spectra_cmd("plan", str(config)), capture_output=True, text=True, env=cli_env(), timeout=300)
-    assert done.returncode == 2, done.stderr
-    assert "encoder-decoder" in done.stderr and "Traceback" not in done.stderr
-
-
 def test_plan_prints_families_and_quantization(models, corpus, tmp_path):
     import yaml
 
     model_dir = models("qwen2_moe")
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(matrix_config(model_dir, corpus, tmp_path / "run", quantizer="bnb-nf4")),
+    config.write_text(yaml.safe_dump(matrix_config("qwen2_moe", model_dir, corpus, tmp_path / "run",
+                                                   quantizer="bnb-nf4")),
                       encoding="utf-8")
     done = subprocess.run(spectra_cmd("plan", str(config)), capture_output=True, text=True, env=cli_env(), timeout=300)
     assert done.returncode == 0, done.stderr
@@ -241,7 +249,7 @@ def test_gpt2_conv1d_is_a_target_scanned_out_by_in(models, corpus, tmp_path):
     assert {t.type for t in conv} == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
     c_attn = next(t for t in conv if t.type == "attn.c_attn")
     assert (c_attn.out_features, c_attn.in_features) == (192, 64)
-    scores = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run")).scan(progress=False)
+    scores = Pipeline.from_dict(matrix_config("gpt2", model_dir, corpus, tmp_path / "run")).scan(progress=False)
     assert scores.by_name()[c_attn.name].shape == (192, 64)
 
 
