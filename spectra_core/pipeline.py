@@ -181,7 +181,7 @@ class Pipeline:
         if self.config.data is not None:
             from .data import check_format
 
-            check_format(self.config.data, survey.model_config)
+            check_format(self.config.data, survey.model.config)
         return survey
 
     def targets(self) -> list[TargetModule]:

@@ -53,7 +53,7 @@ class Survey:
     families: list[Family]
     total_params: int
     adapted_params: int
-    model_config: Any = None  # the transformers config of the surveyed model
+    model: Any = None  # the surveyed model (on the meta device when built by models.survey_model)
 
     def adaptable_fraction(self) -> float:
         """Share of the model's parameters (each tied tensor once) that sit in adapted families."""
@@ -187,7 +187,7 @@ def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
             found.append(TargetModule(name=name, type=mtype, out_features=owner.out_features,
                                       in_features=owner.in_features))
     return Survey(targets=found, families=list(families.values()), total_params=total, adapted_params=adapted,
-                  model_config=model.config)
+                  model=model)
 
 
 def _expert_shape(owner: torch.nn.Module, shape: tuple[int, ...]) -> tuple[int, int, int]:

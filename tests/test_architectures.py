@@ -264,3 +264,52 @@ def test_eva_or_loftq_init_on_fused_experts_is_refused(models):
         for t in targets})
     with pytest.raises(ConfigError, match="fused MoE expert"):
         fit_plan(plan, targets)
+
+
+STACK_TYPES = {"t5": {"encoder.layer.0.SelfAttention.q", "decoder.layer.0.SelfAttention.q",
+                      "decoder.layer.1.EncDecAttention.q", "encoder.layer.1.DenseReluDense.wo"},
+               "bart": {"encoder.self_attn.q_proj", "decoder.self_attn.q_proj", "decoder.encoder_attn.q_proj",
+                        "encoder.fc1"}}
+
+
+@pytest.mark.parametrize("arch", SEQ2SEQ_ARCHITECTURES)
+def test_encoder_decoder_types_keep_the_stacks_apart(arch, models, corpus, tmp_path):
+    """Targets sit in both stacks under types named by their stack, so per-type selection (hybrid's
+    top half of each type here) picks from each stack's own modules; shared embeddings and T5's relative
+    position bias are skipped with the reason."""
+    from collections import Counter
+
+    model_dir = models(arch)
+    survey = survey_model(model_dir, TargetsConfig())
+    types = {t.type for t in survey.targets}
+    assert STACK_TYPES[arch] <= types and all(t.split(".")[0] in ("encoder", "decoder") for t in types)
+    assert all(t.type.split(".")[0] == t.name.split(".")[1 if arch == "bart" else 0] for t in survey.targets)
+    reasons = {f.type: f.reason for f in survey.families if not f.adapted}
+    embeddings = [r for t, r in reasons.items() if t.endswith("decoder.embed_tokens")]
+    assert embeddings and embeddings[0].startswith("tied to ")  # one tensor with the shared embedding
+    if arch == "t5":
+        assert reasons["encoder.layer.0.SelfAttention.relative_attention_bias"].startswith("relative position bias")
+
+    pipe = Pipeline.from_dict(arch_config(arch, model_dir, corpus, tmp_path / "run"))  # spectrum-top, 50 %
+    active = Counter(m.type for m in pipe.plan().modules.values() if m.active)
+    assert set(active) == types and set(active.values()) == {1}  # 1 of the 2 layers of every type
+
+
+def test_bnb_keeps_t5s_fp32_modules_in_float_and_the_plan_says_so(models):
+    """transformers' bitsandbytes loading keeps T5's ``wo`` in float32 (``_keep_in_fp32_modules``):
+    exactly those layers are named by ``spectra plan``'s note and counted in float by the estimate."""
+    import bitsandbytes as bnb
+
+    from spectra_core.builtins.quantizers import BnbNF4Quantizer, kept_in_float
+    from spectra_core.cli.train import _float_note
+
+    model_dir = models("t5")
+    survey = survey_model(model_dir, TargetsConfig())
+    loaded = BnbNF4Quantizer().load(model_dir)
+    head = loaded.get_output_embeddings()
+    in_float = {n for n, m in loaded.named_modules()
+                if isinstance(m, torch.nn.Linear) and not isinstance(m, bnb.nn.Linear4bit) and m is not head}
+    kept = kept_in_float(survey.model, BnbNF4Quantizer())
+    assert kept and set(kept) == in_float and all(n.endswith(".wo") for n in kept)
+    assert f"keeps {len(kept)} linear layers (wo; " in _float_note(survey, BnbNF4Quantizer())
+    assert _float_note(survey_model(models("llama"), TargetsConfig()), BnbNF4Quantizer()) is None

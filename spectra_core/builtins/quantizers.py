@@ -13,7 +13,7 @@ config says so. :func:`base_bytes_per_param` gives the storage cost of a quantiz
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -79,6 +79,7 @@ class BnbNF4Quantizer(Quantizer):
 
     name = "bnb-nf4"
     quantizes_experts = True  # fused 3-D MoE experts too, once wrapped by peft (see coverage.quantize_bnb_experts)
+    keeps_fp32_modules = True  # transformers' bitsandbytes loading leaves the model's _keep_in_fp32_modules in float
 
     class Options(StrategyOptions):
         compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -162,6 +163,16 @@ def base_bytes_per_param(quantizer: Quantizer) -> float:
 def quantizes_experts(quantizer: Quantizer) -> bool:
     """True when ``quantizer`` stores fused 3-D MoE expert tensors in 4-bit as well (else they stay float)."""
     return bool(getattr(quantizer, "quantizes_experts", False))
+
+
+def kept_in_float(model: Any, quantizer: Quantizer) -> list[str]:
+    """Names of the linear layers ``quantizer`` leaves in float32 because the model class keeps them so
+    (``_keep_in_fp32_modules``, e.g. T5's ``wo`` for fp16 stability), as transformers' bitsandbytes loading does."""
+    import torch
+
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if getattr(quantizer, "keeps_fp32_modules", False) \
+        else set()
+    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and keep & set(name.split("."))]
 
 
 def other_bytes_per_param(quantizer: Quantizer) -> float:
