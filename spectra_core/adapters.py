@@ -65,7 +65,7 @@ def lora_config(plan: AdapterPlan, *, task_type: str = "CAUSAL_LM", **extra: Any
 
 def task_type_of(base: torch.nn.Module) -> str:
     """peft's task type for ``base``: ``SEQ_2_SEQ_LM`` for an encoder-decoder, else ``CAUSAL_LM``."""
-    from .targets import is_seq2seq
+    from .automodel import is_seq2seq
 
     return "SEQ_2_SEQ_LM" if is_seq2seq(base.config) else "CAUSAL_LM"
 

@@ -155,7 +155,7 @@ def _columns(cfg: DataConfig) -> dict[str, str]:
 def check_format(cfg: DataConfig, model_config: Any) -> None:
     """Refuse a data format the model cannot train on: ``seq2seq`` needs an encoder-decoder, the causal
     formats (text, instruction, chat) a decoder-only model (ConfigError, exit 2)."""
-    from .targets import is_seq2seq
+    from .automodel import is_seq2seq
 
     kind = getattr(model_config, "model_type", None)
     if is_seq2seq(model_config) and cfg.format != "seq2seq":
@@ -211,27 +211,25 @@ def _text_examples(texts: list[str], tokenizer: Any, cfg: DataConfig, stats: Dat
     return [{"input_ids": b, "labels": list(b)} for b in blocks if b]
 
 
+def _pairs(sources: list[str], answers: list[str], tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """(source tokens as the tokenizer encodes them, answer tokens + EOS) of each record."""
+    s_ids = tokenizer([str(x) for x in sources])["input_ids"]
+    a_ids = tokenizer([str(a) for a in answers], add_special_tokens=False)["input_ids"]
+    return [(x, a + [tokenizer.eos_token_id]) for x, a in zip(s_ids, a_ids)]
+
+
 def _instruction_examples(prompts: list[str], responses: list[str], tokenizer: Any, cfg: DataConfig,
                           stats: DataStats) -> list[Example]:
-    p_ids = tokenizer([str(p) for p in prompts])["input_ids"]
-    r_ids = tokenizer([str(r) for r in responses], add_special_tokens=False)["input_ids"]
-    out = []
-    for p, r in zip(p_ids, r_ids):
-        r = r + [tokenizer.eos_token_id]
-        out.append(_truncate({"input_ids": p + r, "labels": [IGNORE] * len(p) + r}, cfg.max_length, stats))
-    return out
+    return [_truncate({"input_ids": p + r, "labels": [IGNORE] * len(p) + r}, cfg.max_length, stats)
+            for p, r in _pairs(prompts, responses, tokenizer)]
 
 
 def _seq2seq_examples(inputs: list[str], targets: list[str], tokenizer: Any, cfg: DataConfig,
                       stats: DataStats) -> list[Example]:
-    """Encoder input (as the tokenizer encodes it) and labels = target + EOS, each cut to max_length."""
-    in_ids = tokenizer([str(x) for x in inputs])["input_ids"]
-    t_ids = tokenizer([str(t) for t in targets], add_special_tokens=False)["input_ids"]
+    """Encoder input and labels = target + EOS, each cut to max_length."""
     out = []
-    for x, t in zip(in_ids, t_ids):
-        t = t + [tokenizer.eos_token_id]
-        if max(len(x), len(t)) > cfg.max_length:
-            stats.truncated += 1
+    for x, t in _pairs(inputs, targets, tokenizer):
+        stats.truncated += int(max(len(x), len(t)) > cfg.max_length)
         out.append({"input_ids": x[:cfg.max_length], "labels": t[:cfg.max_length]})
     return out
 

@@ -23,7 +23,7 @@ def load_for_inference(target: Path) -> LoadedModel:
     import torch
     from transformers import AutoTokenizer
 
-    from .targets import load_pretrained
+    from .automodel import load_pretrained
 
     target = Path(target)
     if (target / "config.yaml").is_file() and (target / "plan.json").is_file():

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .automodel import load_pretrained
 from .errors import InputError
 from .strategies import TargetModule
-from .targets import load_pretrained, meta_model, slice_names
+from .targets import meta_model, slice_names
 
 if TYPE_CHECKING:
     import torch

@@ -18,9 +18,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from spectra_core.adapters import prepare_for_kbit_training
+from spectra_core.automodel import load_pretrained
 from spectra_core.quantized import guard_bnb_cpu_repack
 from spectra_core.strategies import Quantizer, StrategyOptions
-from spectra_core.targets import load_pretrained
 
 from .coverage import plain_linears, quantize_bnb_subclasses
 

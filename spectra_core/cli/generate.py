@@ -62,7 +62,7 @@ def complete(model: Any, tokenizer: Any, prompt: str, messages: list[dict[str, s
     import torch
     from transformers import TextStreamer
 
-    from spectra_core.targets import is_seq2seq
+    from spectra_core.automodel import is_seq2seq
 
     if messages is not None:
         messages.append({"role": "user", "content": prompt})

@@ -48,7 +48,7 @@ def base_model_info(run: RunArtifacts) -> BaseModelInfo:
         return BaseModelInfo(source, hub_id, local_dir)
     from transformers import AutoConfig
 
-    from spectra_core.targets import model_class
+    from spectra_core.automodel import model_class
 
     config = AutoConfig.from_pretrained(local_dir, trust_remote_code=run.config.model.trust_remote_code)
     return BaseModelInfo(source, hub_id, local_dir, model_class(config).__name__)

@@ -58,7 +58,7 @@ def float_base(base_dir: Path, *, trust_remote_code: bool = False) -> Any:
     """The original checkpoint in float32; a quantized checkpoint is refused."""
     import torch
 
-    from spectra_core.targets import load_pretrained
+    from spectra_core.automodel import load_pretrained
 
     base = load_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     if getattr(base.config, "quantization_config", None) is not None:

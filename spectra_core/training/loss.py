@@ -44,7 +44,7 @@ def _unwrapped(model: Any) -> Any:
 def lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(sum of token losses, number of label tokens): :func:`seq2seq_lm_loss` for an encoder-decoder,
     else :func:`causal_lm_loss`."""
-    from ..targets import is_seq2seq
+    from ..automodel import is_seq2seq
 
     return (seq2seq_lm_loss if is_seq2seq(_unwrapped(model).config) else causal_lm_loss)(model, batch)
 
