@@ -1,6 +1,6 @@
 """Encoder-decoder (T5, BART) data and loss: ``data.format: seq2seq`` puts the loss on the target tokens
 only, the seq2seq loss equals the model's own, format mismatches exit 2 through the CLI, and a trained
-T5 run generates, evaluates and documents itself with an encoder-decoder class."""
+T5 run generates, evaluates (`spectra eval`) and documents itself with an encoder-decoder class."""
 
 from __future__ import annotations
 
@@ -116,13 +116,13 @@ def t5_run(t5_dir, pairs, tmp_path_factory):
     return pipe, run, pipe.export(run)
 
 
-def test_t5_run_generates_and_evaluates(t5_run):
-    """``spectra generate`` / ``spectra eval``'s code paths on the run directory and on the merged export."""
+def test_t5_generate_replies_with_the_decoder_tokens(t5_run):
+    """``spectra generate``'s code path on the run directory and on the merged export: the reply is what
+    the decoder generated (an encoder-decoder's output holds no prompt to cut off)."""
     from spectra_core.cli.generate import complete
-    from spectra_core.evaluation import heldout_loss
     from spectra_core.loading import load_for_inference
 
-    pipe, run, paths = t5_run
+    _, run, paths = t5_run
     for target in (run.run_dir, paths["merged"]):
         loaded = load_for_inference(target)
         tok = loaded.tokenizer
@@ -131,9 +131,29 @@ def test_t5_run_generates_and_evaluates(t5_run):
         reply = complete(loaded.model, tok, "Q: the lamp\nA:", None, max_new_tokens=6, temperature=0.0, top_p=1.0)
         decoder_tokens = loaded.model.generate(**tok("Q: the lamp\nA:", return_tensors="pt"), max_new_tokens=6,
                                                do_sample=False)[0]
-        assert reply and reply == tok.decode(decoder_tokens, skip_special_tokens=True)  # not cut by the prompt's length
-        result = heldout_loss(loaded.model, loaded.tokenizer, pipe.config.data, batch_size=4)
-        assert result["tokens"] > 0 and 0 < result["loss"] < 20
+        assert reply and reply == tok.decode(decoder_tokens, skip_special_tokens=True)
+
+
+def test_eval_cli_on_a_merged_t5_reads_seq2seq_pairs_by_default(t5_run, tmp_path):
+    """`spectra eval MERGED --data pairs.jsonl`: an encoder-decoder model directory defaults to
+    data.format seq2seq; its loss equals the run's own evaluation of the same pairs."""
+    import json
+
+    from spectra_core.evaluation import heldout_loss
+    from spectra_core.loading import load_for_inference
+
+    pipe, run, paths = t5_run
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"input": r["src"], "target": r["tgt"]}) + "\n"
+                             for r in map(json.loads, open(pipe.config.data.path, encoding="utf-8"))), encoding="utf-8")
+    out = tmp_path / "eval.json"
+    done = subprocess.run(spectra_cmd("eval", str(paths["merged"]), "--data", str(pairs), "--out", str(out)),
+                          capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    loaded = load_for_inference(run.run_dir)
+    want = heldout_loss(loaded.model, loaded.tokenizer, pipe.config.data, batch_size=4)
+    got = json.loads(out.read_text())["heldout"]
+    assert got["tokens"] == want["tokens"] and abs(got["loss"] - want["loss"]) < 1e-4 * want["loss"]
 
 
 def test_t5_model_card_snippet_loads_with_the_seq2seq_class(t5_run, capsys):
@@ -141,6 +161,6 @@ def test_t5_model_card_snippet_loads_with_the_seq2seq_class(t5_run, capsys):
     card = (paths["peft-adapter"] / "README.md").read_text(encoding="utf-8")
     snippet = card.split("## Load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert "AutoModelForSeq2SeqLM.from_pretrained(base_id" in snippet and "AutoModelForCausalLM" not in snippet
-    exec(compile(snippet, "model-card", "exec"), {})
+    exec(compile(snippet, "model-card", "exec"), {})  # as a user pastes it
     assert capsys.readouterr().out.strip()
     assert yaml.safe_load((paths["peft-adapter"] / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
