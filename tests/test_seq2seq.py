@@ -164,3 +164,12 @@ def test_t5_model_card_snippet_loads_with_the_seq2seq_class(t5_run, capsys):
     exec(compile(snippet, "model-card", "exec"), {})  # as a user pastes it
     assert capsys.readouterr().out.strip()
     assert yaml.safe_load((paths["peft-adapter"] / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
+
+
+def test_axolotl_export_of_a_seq2seq_run_is_refused_and_writes_nothing(t5_run, tmp_path):
+    from spectra_core.errors import InputError
+    from spectra_core.export.axolotl import AxolotlExporter
+
+    with pytest.raises(InputError, match="encoder-decoder"):
+        AxolotlExporter().export(t5_run[1], tmp_path / "axolotl.yaml")
+    assert list(tmp_path.iterdir()) == []

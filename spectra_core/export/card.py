@@ -23,7 +23,7 @@ class BaseModelInfo:
     source: str
     hub_id: str | None
     local_dir: Path | None
-    auto_class: str = "AutoModelForCausalLM"  # the transformers class that loads it (targets.model_class)
+    auto_class: str = "AutoModelForCausalLM"  # the transformers class that loads it (automodel.model_class)
 
     @property
     def loadable(self) -> str:
