@@ -74,7 +74,7 @@ def make_model(arch: str, path: Path, seed: int = 0) -> Path:
 
 
 # What the matrix runs besides the float end-to-end test of every supported architecture (tests names).
-BNB_END_TO_END = ("gpt2", "falcon", "mixtral", "qwen2_moe", "qwen3_moe", "t5")  # also trained on a bnb-nf4 base
+BNB_END_TO_END = ("gpt2", "falcon", "mixtral", "qwen2_moe", "qwen3_moe", "t5", "bart")  # also trained on a bnb-nf4 base
 METHODS = ("hybrid", "alors", "sgm")
 METHOD_ARCHITECTURES = ("llama", "gpt2", "mixtral", "t5")  # each method end to end (its own bnb-nf4 base)
 TABLE_START, TABLE_END = "<!-- architectures-table:start -->", "<!-- architectures-table:end -->"
