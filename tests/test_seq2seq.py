@@ -173,3 +173,26 @@ def test_axolotl_export_of_a_seq2seq_run_is_refused_and_writes_nothing(t5_run, t
     with pytest.raises(InputError, match="encoder-decoder"):
         AxolotlExporter().export(t5_run[1], tmp_path / "axolotl.yaml")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_module_types_keep_the_stack_and_match_every_spectrum_reference_file(spectrum_reference):
+    """The encoder/decoder stack stays in front of Spectrum's type; every name in Spectrum's published
+    result files still gets the type the file records."""
+    from spectra_core.errors import InputError
+    from spectra_core.spectral.formats import load_scores
+    from spectra_core.spectral.types import module_type
+
+    assert module_type("encoder.block.0.layer.0.SelfAttention.q") == "encoder.layer.0.SelfAttention.q"
+    assert module_type("decoder.block.1.layer.1.EncDecAttention.q") == "decoder.layer.1.EncDecAttention.q"
+    assert module_type("model.decoder.layers.3.encoder_attn.k_proj") == "decoder.encoder_attn.k_proj"
+    assert module_type("model.layers.7.self_attn.q_proj") == "self_attn.q_proj"
+    checked = 0
+    for path in sorted((spectrum_reference / "model_snr_results").glob("*.json")):
+        try:
+            scores = load_scores(path)
+        except InputError:  # an empty reference file (tested in test_scan_formats)
+            continue
+        wrong = [(m.name, m.type) for m in scores.modules if module_type(m.name) != m.type]
+        assert not wrong, f"{path.name}: {wrong[:3]}"
+        checked += len(scores.modules)
+    assert checked > 10_000
