@@ -196,3 +196,25 @@ def test_module_types_keep_the_stack_and_match_every_spectrum_reference_file(spe
         assert not wrong, f"{path.name}: {wrong[:3]}"
         checked += len(scores.modules)
     assert checked > 10_000
+
+
+def test_t5_resume_is_bitwise_identical(t5_dir, pairs, tmp_path):
+    """A seq2seq run stopped after its step-2 checkpoint and resumed ends with the uninterrupted adapter."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    def pipe(out):
+        cfg = config_dict(t5_dir, pairs[1], out, max_steps=4, save_every=2, eval_every=2, gradient_accumulation=2)
+        cfg["data"] |= {"format": "seq2seq", "input_field": "src", "target_field": "tgt"}
+        return Pipeline.from_dict(cfg)
+
+    pipe(tmp_path / "a").train()
+    pipe(tmp_path / "b").train()
+    shutil.rmtree(tmp_path / "b" / "final")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-00000004")
+    pipe(tmp_path / "b").train(resume=True)
+    a = load_file(tmp_path / "a" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("base_model.model.encoder.") for k in a) and any(".decoder." in k for k in a)
