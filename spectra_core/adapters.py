@@ -670,7 +670,9 @@ def initialize_loftq(model: Any, originals: Callable[[list[str]], Iterator[tuple
     not_4bit = [name for name, layer in layers.items() if not isinstance(layer, Linear4bit)]
     if not_4bit:
         raise ConfigError(f"LoftQ init corrects bitsandbytes 4-bit quantization, but {not_4bit[0]} "
-                         f"({len(not_4bit)} modules) is not a 4-bit layer", hint="use quantizer: {name: bnb-nf4}")
+                         f"({len(not_4bit)} modules) is not a 4-bit layer",
+                          hint="use quantizer: {name: bnb-nf4}; layers it keeps in float (`spectra plan` names "
+                               "them, e.g. T5's wo) go in targets.exclude")
     if next(iter(layers.values())).get_base_layer().weight.device.type in ("cuda", "xpu"):
         from peft import replace_lora_weights_loftq
 

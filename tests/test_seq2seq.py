@@ -218,3 +218,15 @@ def test_t5_resume_is_bitwise_identical(t5_dir, pairs, tmp_path):
     b = load_file(tmp_path / "b" / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.startswith("base_model.model.encoder.") for k in a) and any(".decoder." in k for k in a)
+
+
+def test_eva_init_on_an_encoder_decoder_is_refused(t5_dir, pairs, tmp_path):
+    """peft's EVA masks layer inputs with one token mask; T5's encoder and decoder inputs differ in length."""
+    from spectra_core.errors import ConfigError
+
+    cfg = config_dict(t5_dir, pairs[1], tmp_path / "run", max_steps=2)
+    cfg["data"] |= {"format": "seq2seq", "input_field": "src", "target_field": "tgt"}
+    cfg["allocator"]["options"]["lora_init"] = {"name": "eva"}
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        Pipeline.from_dict(cfg).train()
+    assert not (tmp_path / "run" / "final").exists()
