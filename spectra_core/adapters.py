@@ -77,11 +77,19 @@ def lora_config_kwargs(plan: AdapterPlan) -> dict[str, Any]:
     return kwargs
 
 
-def lora_config(plan: AdapterPlan, **extra: Any) -> Any:
-    """The ``peft.LoraConfig`` of ``plan`` (causal LM, no dropout); ``extra``: more LoraConfig fields."""
+def lora_config(plan: AdapterPlan, *, task_type: str = "CAUSAL_LM", **extra: Any) -> Any:
+    """The ``peft.LoraConfig`` of ``plan`` (no dropout); ``task_type``: peft's, see :func:`task_type_of`;
+    ``extra``: more LoraConfig fields."""
     from peft import LoraConfig
 
-    return LoraConfig(**lora_config_kwargs(plan), **extra, task_type="CAUSAL_LM", lora_dropout=0)
+    return LoraConfig(**lora_config_kwargs(plan), **extra, task_type=task_type, lora_dropout=0)
+
+
+def task_type_of(base: torch.nn.Module) -> str:
+    """peft's task type for ``base``: ``SEQ_2_SEQ_LM`` for an encoder-decoder, else ``CAUSAL_LM``."""
+    from .automodel import is_seq2seq
+
+    return "SEQ_2_SEQ_LM" if is_seq2seq(base.config) else "CAUSAL_LM"
 
 
 def inject(base: torch.nn.Module, plan: AdapterPlan, *, seed: int = 0, config: dict[str, Any] | None = None,
@@ -93,7 +101,7 @@ def inject(base: torch.nn.Module, plan: AdapterPlan, *, seed: int = 0, config: d
 
     config = {"fan_in_fan_out": stores_in_out(base, plan), **(config or {})}
     torch.manual_seed(seed)
-    model = get_peft_model(base, lora_config(plan, **config),
+    model = get_peft_model(base, lora_config(plan, task_type=task_type_of(base), **config),
                            low_cpu_mem_usage="eva_config" in config)  # EVA fills the weights (peft's advice)
     quantize_wrapped_experts(model)
     zero_unowned(model, plan)
@@ -861,7 +869,9 @@ def initialize_loftq(model: Any, originals: Callable[[list[str]], Iterator[tuple
     not_4bit = [name for name, layer in layers.items() if not isinstance(layer, Linear4bit)]
     if not_4bit:
         raise ConfigError(f"LoftQ init corrects bitsandbytes 4-bit quantization, but {not_4bit[0]} "
-                         f"({len(not_4bit)} modules) is not a 4-bit layer", hint="use quantizer: {name: bnb-nf4}")
+                         f"({len(not_4bit)} modules) is not a 4-bit layer",
+                          hint="use quantizer: {name: bnb-nf4}; layers it keeps in float (`spectra plan` names "
+                               "them, e.g. T5's wo) go in targets.exclude")
     if next(iter(layers.values())).get_base_layer().weight.device.type in ("cuda", "xpu"):
         from peft import replace_lora_weights_loftq
 

@@ -39,7 +39,7 @@ from .expert_plan import split
 from .plan import AdapterPlan, ModulePlan
 from .strategies import TargetModule
 from .training.distributed import world
-from .training.loss import causal_lm_loss
+from .training.loss import lm_loss
 
 CALIBRATION_RANK = 1
 
@@ -120,7 +120,7 @@ def collect_gradient_signals(model: torch.nn.Module, layers: dict[str, torch.nn.
     with GradientSketch({n: lora[n] for n in modules}, dim, seed) as sketch, \
             expert_probes(tensors, dim, lambda d_in: projection(d_in, dim, seed, device)) as probed:
         for batch in batches_of(batches):
-            loss, count = causal_lm_loss(model, {k: v.to(device) for k, v in batch.items()})
+            loss, count = lm_loss(model, {k: v.to(device) for k, v in batch.items()})
             if count:
                 (loss / count).backward()
             seen += 1

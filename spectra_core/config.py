@@ -47,11 +47,14 @@ class ModelConfig(_Strict):
 
 class DataConfig(_Strict):
     path: str = Field(description="Local file (txt/jsonl/json/csv/parquet) or a hub dataset id.")
-    format: Literal["text", "instruction", "chat"] = "text"
+    format: Literal["text", "instruction", "chat", "seq2seq"] = Field(
+        default="text", description="text, instruction, chat: causal LMs; seq2seq: encoder-decoder models (T5, BART).")
     text_field: str = "text"
     prompt_field: str = "prompt"
     response_field: str = "response"
     messages_field: str = "messages"
+    input_field: str = Field(default="input", description="seq2seq: the column the encoder reads.")
+    target_field: str = Field(default="target", description="seq2seq: the column the decoder learns to produce.")
     max_length: int = Field(default=256, gt=0)
     packing: bool = Field(default=True, description="Concatenate text documents and cut into max_length blocks.")
     validation_fraction: float = Field(default=0.05, gt=0, le=0.5)

@@ -9,6 +9,10 @@ Formats (``data.format``):
 * ``instruction``: ``prompt`` + ``response`` columns; loss only on response tokens (+ EOS).
 * ``chat``: a ``messages`` column of ``{role, content}`` rendered with the tokenizer's chat
   template; loss only on assistant turns.
+* ``seq2seq`` (encoder-decoder models only): ``input`` + ``target`` columns; the encoder reads the
+  input, the labels are the target + EOS (the model shifts them into the decoder's inputs itself).
+  The causal formats are refused on an encoder-decoder and ``seq2seq`` on a causal LM
+  (:func:`check_format`).
 
 Sequences longer than ``max_length`` are truncated and counted (:class:`DataStats.truncated`).
 """
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 
 from .config import HUB_ID, DataConfig
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +147,26 @@ def _columns(cfg: DataConfig) -> dict[str, str]:
         return {"text_field": cfg.text_field}
     if cfg.format == "instruction":
         return {"prompt_field": cfg.prompt_field, "response_field": cfg.response_field}
+    if cfg.format == "seq2seq":
+        return {"input_field": cfg.input_field, "target_field": cfg.target_field}
     return {"messages_field": cfg.messages_field}
+
+
+def check_format(cfg: DataConfig, model_config: Any) -> None:
+    """Refuse a data format the model cannot train on: ``seq2seq`` needs an encoder-decoder, the causal
+    formats (text, instruction, chat) a decoder-only model (ConfigError, exit 2)."""
+    from .automodel import is_seq2seq
+
+    kind = getattr(model_config, "model_type", None)
+    if is_seq2seq(model_config) and cfg.format != "seq2seq":
+        raise ConfigError(f"data.format is {cfg.format!r}, a causal-LM format, but {kind} is an encoder-decoder "
+                          "(seq2seq) model: its encoder reads an input and its decoder learns a target",
+                          hint="set data.format: seq2seq, with data.input_field and data.target_field naming the "
+                               "columns (defaults: input, target)")
+    if not is_seq2seq(model_config) and cfg.format == "seq2seq":
+        raise ConfigError(f"data.format is 'seq2seq', but {kind} is a decoder-only causal LM (no encoder)",
+                          hint="for input → target pairs use data.format: instruction (prompt_field, response_field; "
+                               "loss on the response only), or use an encoder-decoder model (T5, BART)")
 
 
 def split_records(ds: Any, fraction: float, seed: int, source: str) -> tuple[Any, Any]:
@@ -188,14 +211,26 @@ def _text_examples(texts: list[str], tokenizer: Any, cfg: DataConfig, stats: Dat
     return [{"input_ids": b, "labels": list(b)} for b in blocks if b]
 
 
+def _pairs(sources: list[str], answers: list[str], tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """(source tokens as the tokenizer encodes them, answer tokens + EOS) of each record."""
+    s_ids = tokenizer([str(x) for x in sources])["input_ids"]
+    a_ids = tokenizer([str(a) for a in answers], add_special_tokens=False)["input_ids"]
+    return [(x, a + [tokenizer.eos_token_id]) for x, a in zip(s_ids, a_ids)]
+
+
 def _instruction_examples(prompts: list[str], responses: list[str], tokenizer: Any, cfg: DataConfig,
                           stats: DataStats) -> list[Example]:
-    p_ids = tokenizer([str(p) for p in prompts])["input_ids"]
-    r_ids = tokenizer([str(r) for r in responses], add_special_tokens=False)["input_ids"]
+    return [_truncate({"input_ids": p + r, "labels": [IGNORE] * len(p) + r}, cfg.max_length, stats)
+            for p, r in _pairs(prompts, responses, tokenizer)]
+
+
+def _seq2seq_examples(inputs: list[str], targets: list[str], tokenizer: Any, cfg: DataConfig,
+                      stats: DataStats) -> list[Example]:
+    """Encoder input and labels = target + EOS, each cut to max_length."""
     out = []
-    for p, r in zip(p_ids, r_ids):
-        r = r + [tokenizer.eos_token_id]
-        out.append(_truncate({"input_ids": p + r, "labels": [IGNORE] * len(p) + r}, cfg.max_length, stats))
+    for x, t in _pairs(inputs, targets, tokenizer):
+        stats.truncated += int(max(len(x), len(t)) > cfg.max_length)
+        out.append({"input_ids": x[:cfg.max_length], "labels": t[:cfg.max_length]})
     return out
 
 
@@ -239,9 +274,12 @@ def tokenize_records(ds: Any, tokenizer: Any, cfg: DataConfig, source: str) -> t
         examples = _text_examples(ds[cfg.text_field], tokenizer, cfg, stats)
     elif cfg.format == "instruction":
         examples = _instruction_examples(ds[cfg.prompt_field], ds[cfg.response_field], tokenizer, cfg, stats)
+    elif cfg.format == "seq2seq":
+        examples = _seq2seq_examples(ds[cfg.input_field], ds[cfg.target_field], tokenizer, cfg, stats)
     else:
         examples = _chat_examples(ds[cfg.messages_field], tokenizer, cfg, stats, source)
-    kept = [e for e in examples if any(t != IGNORE for t in e["labels"][1:])]
+    first = 0 if cfg.format == "seq2seq" else 1  # a causal LM predicts no label at position 0
+    kept = [e for e in examples if any(t != IGNORE for t in e["labels"][first:])]
     stats.dropped_without_labels = len(examples) - len(kept)
     stats.examples = len(kept)
     stats.tokens = sum(len(e["input_ids"]) for e in kept)
@@ -272,15 +310,17 @@ def load_data(cfg: DataConfig, tokenizer: Any, seed: int = 0) -> TokenizedData:
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its longest example: input_ids, attention_mask, labels (-100 on padding)."""
+    """Right-pad a batch: input_ids and their attention_mask to the longest input, labels (-100 on
+    padding) to the longest labels (as long as the inputs for a causal LM; the target for seq2seq)."""
     width = max(len(e["input_ids"]) for e in examples)
+    label_width = max(len(e["labels"]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    labels = torch.full((len(examples), label_width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for i, e in enumerate(examples):
         n = len(e["input_ids"])
         ids[i, :n] = torch.tensor(e["input_ids"])
-        labels[i, :n] = torch.tensor(e["labels"])
+        labels[i, :len(e["labels"])] = torch.tensor(e["labels"])
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 

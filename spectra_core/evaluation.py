@@ -25,9 +25,10 @@ def heldout_loss(model: Any, tokenizer: Any, data: DataConfig, *, batch_size: in
     """Loss per label token over every record of ``data.path`` (the run's data format), and its perplexity."""
     import torch
 
-    from .data import collate, load_records, prepare_tokenizer, tokenize_records
-    from .training.loss import causal_lm_loss
+    from .data import check_format, collate, load_records, prepare_tokenizer, tokenize_records
+    from .training.loss import lm_loss
 
+    check_format(data, model.config)
     prepare_tokenizer(tokenizer)
     examples, stats = tokenize_records(load_records(data.path), tokenizer, data, data.path)
     total = count = 0.0
@@ -35,7 +36,7 @@ def heldout_loss(model: Any, tokenizer: Any, data: DataConfig, *, batch_size: in
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             batch = {k: v.to(model.device) for k, v in collate(examples[i:i + batch_size], tokenizer.pad_token_id).items()}
-            loss, n = causal_lm_loss(model, batch)
+            loss, n = lm_loss(model, batch)
             total, count = total + float(loss), count + n
     loss = total / max(count, 1.0)
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(count), "examples": stats.examples}

@@ -21,7 +21,9 @@ class LoadedModel:
 def load_for_inference(target: Path) -> LoadedModel:
     """The model and tokenizer of a run directory (config.yaml + final/) or a HF model directory (config.json)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from .automodel import load_pretrained
 
     target = Path(target)
     if (target / "config.yaml").is_file() and (target / "plan.json").is_file():
@@ -31,7 +33,7 @@ def load_for_inference(target: Path) -> LoadedModel:
         model = run.peft_model()
         return LoadedModel(model, run.tokenizer(), f"run {target} (adapter on its {run.config.quantizer.name} base)", run)
     if (target / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32, use_safetensors=True).eval()
+        model = load_pretrained(target, dtype=torch.float32).eval()
         return LoadedModel(model, AutoTokenizer.from_pretrained(target), f"model {target}")
     raise InputError(f"{target} is neither a spectra run directory (config.yaml, plan.json, final/) nor a model "
                      "directory (config.json)",

@@ -173,10 +173,16 @@ class Pipeline:
         return self._model_dir
 
     def survey(self) -> Survey:
-        """The model's LoRA targets and every family of its weights: what is adapted, what is skipped and why."""
+        """The model's LoRA targets and every family of its weights: what is adapted, what is skipped and why
+        (a data format the model cannot train on is refused here, before any work)."""
         from .models import survey_model
 
-        return survey_model(self.model_dir(), self.config.targets, trust_remote_code=self.config.model.trust_remote_code)
+        survey = survey_model(self.model_dir(), self.config.targets, trust_remote_code=self.config.model.trust_remote_code)
+        if self.config.data is not None:
+            from .data import check_format
+
+            check_format(self.config.data, survey.model.config)
+        return survey
 
     def targets(self) -> list[TargetModule]:
         """The targets allocators see (each expert of a fused MoE tensor on its own)."""

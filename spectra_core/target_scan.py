@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .automodel import load_pretrained
 from .errors import InputError
 from .strategies import TargetModule
-from .targets import meta_model, model_class
+from .targets import meta_model
 
 if TYPE_CHECKING:
     import torch
@@ -63,8 +64,5 @@ def checkpoint_source(model_dir: Any, *, trust_remote_code: bool = False) -> Any
 def load_float(model_dir: Any, *, trust_remote_code: bool = False) -> torch.nn.Module:
     """The model in float32 on the CPU, from safetensors."""
     import torch
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    return model_class(config).from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
-                                               trust_remote_code=trust_remote_code)
+    return load_pretrained(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)

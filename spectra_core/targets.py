@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .automodel import model_class
 from .config import TargetsConfig
 from .errors import ConfigError, InputError
 from .spectral.types import module_type
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 ROUTER = "router: the expert-choice weights stay frozen (adapting them shifts the load balance between experts)"
 GATE = "1×H gate: a weight with one output row has no low-rank structure to adapt; kept frozen"
 EMBEDDING = "embedding: spectra adapts linear layers, not embeddings"
+RELATIVE_BIAS = ("relative position bias: a table of per-head biases over position buckets (T5), not a linear map; "
+                 "kept frozen")
 NORM_BIAS = "norms and biases: not LoRA targets"
 EXCLUDED = "excluded by targets.exclude"
 HEAD = "output head: frozen by default (targets.exclude replaces the default ['lm_head'] to adapt it)"
@@ -51,6 +54,7 @@ class Survey:
     families: list[Family]
     total_params: int
     adapted_params: int
+    model: Any = None  # the surveyed model (on the meta device when built by models.survey_model)
 
     def adaptable_fraction(self) -> float:
         """Share of the model's parameters (each tied tensor once) that sit in adapted families."""
@@ -63,26 +67,6 @@ class Survey:
     def rows(self) -> list[dict[str, Any]]:
         return [{"type": f.type, "layer": f.layer, "count": len(f.names), "params": f.params,
                  "status": "adapted" if f.adapted else "skipped", "reason": f.reason} for f in self.families]
-
-
-def model_class(config: Any) -> Any:
-    """The transformers auto class for ``config``: causal LMs only; anything else is refused (exit 2)."""
-    from transformers import AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
-    )
-
-    kind = getattr(config, "model_type", None)
-    if getattr(config, "is_encoder_decoder", False) or kind in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
-        raise InputError(f"{kind} is an encoder-decoder (seq2seq) model; spectra trains decoder-only causal LMs "
-                         "(AutoModelForCausalLM) and has no seq2seq data format yet",
-                         hint="use a decoder-only model, or train this one with peft directly "
-                              "(TaskType.SEQ_2_SEQ_LM); see docs/architectures.md")
-    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM"):
-        return AutoModelForCausalLM
-    raise InputError(f"model type {kind!r} has no causal-LM class in transformers (AutoModelForCausalLM)",
-                     hint="spectra trains causal LMs; see docs/architectures.md for the supported architectures")
 
 
 def meta_model(config: Any, *, trust_remote_code: bool = False) -> torch.nn.Module:
@@ -127,18 +111,20 @@ def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
     head = model.get_output_embeddings() if "exclude" not in targets.model_fields_set else None
     families: dict[tuple[str, str, str], Family] = {}
     found: list[TargetModule] = []
-    counted: set[int] = set()
+    first_name: dict[int, str] = {}  # tensor id -> the first module holding it (tied tensors count once)
     total = adapted = 0
     for pname, param in model.named_parameters(remove_duplicate=False):  # a tied head is a module of its own
-        new = id(param) not in counted
-        counted.add(id(param))
-        total += param.numel() if new else 0
         owner_name, _, attr = pname.rpartition(".")
+        new = id(param) not in first_name
+        first_name.setdefault(id(param), owner_name)
+        total += param.numel() if new else 0
         owner = modules[owner_name]
         shape = tuple(param.shape)
         parent, _, last = owner_name.rpartition(".")
         router = last in ("gate", "router") and f"{parent}.experts" in modules
         layer, reason = _layer_kind(owner, attr, param.ndim, shape, router)
+        if reason == EMBEDDING and last == "relative_attention_bias":
+            reason = RELATIVE_BIAS
         kind = "parameter" if param.ndim == 3 else "module"
         name = owner_name if kind == "module" else pname
         if reason is None and include is not None and not any(p.search(name) for p in include):
@@ -147,6 +133,8 @@ def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
             reason = EXCLUDED
         if reason is None and owner is head:  # named embed_out, output_layer, ... in some models
             reason = HEAD
+        if reason is not None and reason != NORM_BIAS and not new:
+            reason = f"tied to {first_name[id(param)]}; {reason}"
         mtype = module_type(name) if reason != NORM_BIAS else "(norms, biases)"
         family = families.setdefault((mtype, layer, reason or ""),
                                      Family(type=mtype, layer=layer, adapted=reason is None, reason=reason or ""))
@@ -165,7 +153,8 @@ def survey(model: torch.nn.Module, targets: TargetsConfig) -> Survey:
         else:
             found.append(TargetModule(name=name, type=mtype, out_features=owner.out_features,
                                       in_features=owner.in_features))
-    return Survey(targets=found, families=list(families.values()), total_params=total, adapted_params=adapted)
+    return Survey(targets=found, families=list(families.values()), total_params=total, adapted_params=adapted,
+                  model=model)
 
 
 def _expert_shape(owner: torch.nn.Module, shape: tuple[int, ...]) -> tuple[int, int, int]:

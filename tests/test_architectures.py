@@ -1,6 +1,7 @@
 """The architecture matrix: tiny random models of every family (arch_fixtures) through scan, plan,
 training (2 steps), export, and a stock-peft load whose logits the merged model matches; MoE experts
-adapted one LoRA per expert and quantized by bnb-nf4; refusals exit 2 with the reason."""
+adapted one LoRA per expert and quantized by bnb-nf4; encoder-decoders (T5, BART) on seq2seq data with
+targets in both stacks; refusals exit 2 with the reason."""
 
 from __future__ import annotations
 
@@ -8,24 +9,37 @@ import subprocess
 
 import pytest
 import torch
-from arch_fixtures import ARCHITECTURES, BNB_END_TO_END, METHOD_ARCHITECTURES, METHODS, MOE_ARCHITECTURES, make_model
-from train_fixtures import cli_env, config_dict, spectra_cmd, write_text
+from arch_fixtures import (
+    ARCHITECTURES,
+    BNB_END_TO_END,
+    METHOD_ARCHITECTURES,
+    METHODS,
+    MOE_ARCHITECTURES,
+    SEQ2SEQ_ARCHITECTURES,
+    load_stock,
+    make_model,
+)
+from train_fixtures import cli_env, config_dict, instruction_rows, spectra_cmd, write_jsonl, write_text
 
 from spectra_core.config import TargetsConfig
-from spectra_core.errors import InputError
 from spectra_core.expert_plan import carries_lora, split
 from spectra_core.models import survey_model
 from spectra_core.targets import plan_targets
 from spectra_core.pipeline import Pipeline
 
-SUPPORTED = [a for a in ARCHITECTURES if a != "t5"]
 PROMPT = [[5, 17, 42, 99, 7, 3, 250, 11]]
+DECODER_PROMPT = [[3, 8, 21, 64]]  # decoder inputs of an encoder-decoder (starting from its start token, pad)
 TOLERANCE = 1e-4  # max |Δlogit| / max |logit|, merged model against stock peft on the float base
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return write_text(tmp_path_factory.mktemp("arch-data") / "train.txt", n=60)
+    """arch -> its training data: plain text for causal LMs, input/target pairs for encoder-decoders."""
+    root = tmp_path_factory.mktemp("arch-data")
+    text = write_text(root / "train.txt", n=60)
+    pairs = write_jsonl(root / "pairs.jsonl", [{"input": r["prompt"], "target": r["response"]}
+                                                for r in instruction_rows(40)])
+    return lambda arch: pairs if arch in SEQ2SEQ_ARCHITECTURES else text
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +55,16 @@ def models(tmp_path_factory):
     return get
 
 
-def matrix_config(model_dir, data, out, quantizer: str = "none", **extra):
-    cfg = config_dict(model_dir, data, out, max_steps=2, eval_every=2, save_every=2, batch_size=2)
+def arch_config(arch, model_dir, corpus, out, **training):
+    """config_dict on ``arch``'s data (``data.format: seq2seq`` for an encoder-decoder)."""
+    cfg = config_dict(model_dir, corpus(arch), out, **training)
+    if arch in SEQ2SEQ_ARCHITECTURES:
+        cfg["data"]["format"] = "seq2seq"
+    return cfg
+
+
+def matrix_config(arch, model_dir, corpus, out, quantizer: str = "none", **extra):
+    cfg = arch_config(arch, model_dir, corpus, out, max_steps=2, eval_every=2, save_every=2, batch_size=2)
     cfg["scorer"] = {"name": "spectrum"}
     cfg["quantizer"] = {"name": quantizer}
     cfg["allocator"]["options"] = {"rank": 2, "alpha": 4, "top_fraction": 1.0}
@@ -56,8 +78,9 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def logits(model) -> torch.Tensor:
+    decoder = {"decoder_input_ids": torch.tensor(DECODER_PROMPT)} if model.config.is_encoder_decoder else {}
     with torch.no_grad():
-        return model(input_ids=torch.tensor(PROMPT)).logits.float()
+        return model(input_ids=torch.tensor(PROMPT), **decoder).logits.float()
 
 
 def expert_deltas(model) -> dict[str, torch.Tensor]:
@@ -69,19 +92,17 @@ def expert_deltas(model) -> dict[str, torch.Tensor]:
             for n, m in model.named_modules() if isinstance(m, ParamWrapper)}
 
 
-@pytest.mark.parametrize("arch", SUPPORTED)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_architecture_trains_exports_and_stock_peft_matches_merged(arch, models, corpus, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     model_dir = models(arch)
-    pipe = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run"))
+    pipe = Pipeline.from_dict(matrix_config(arch, model_dir, corpus, tmp_path / "run"))
     scores = pipe.scan(progress=False)
     plan = pipe.plan(scores)
     assert plan.modules and all(m.active for m in plan.modules.values())
     run = pipe.train(plan, scores=scores)
     paths = pipe.export(run)
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    base = load_stock(model_dir)
     before = logits(base)
     check_against_stock_peft(arch, base, run.run_dir / "final", paths["merged"], plan)
     assert relative_error(logits(base), before) > 1e-6  # the adapter (now on base) changes the model
@@ -94,12 +115,11 @@ def check_against_stock_peft(arch, base, final, merged_dir, plan, quantized: boo
     them (``adapters.load``: stock ``PeftModel.from_pretrained``, then the experts quantized).
     ``every_expert``: every active fused tensor has all experts trained; else no tensor is partly trained."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from spectra_core.adapters import load
 
     adapted = (load(base, final, plan) if quantized else PeftModel.from_pretrained(base, final)).eval()
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    merged = load_stock(merged_dir)
     error = relative_error(logits(merged), logits(adapted))
     assert error <= TOLERANCE, f"{arch}: merged vs stock peft, relative error {error:.2e}"
     if arch in MOE_ARCHITECTURES:
@@ -124,7 +144,7 @@ def test_bnb_run_merges_exactly_onto_its_4bit_base(arch, models, corpus, tmp_pat
     from spectra_core.builtins.quantizers import BnbNF4Quantizer
 
     model_dir = models(arch)
-    pipe = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run", quantizer="bnb-nf4"))
+    pipe = Pipeline.from_dict(matrix_config(arch, model_dir, corpus, tmp_path / "run", quantizer="bnb-nf4"))
     run = pipe.train()
     paths = pipe.export(run)
     check_against_stock_peft(arch, BnbNF4Quantizer().load(model_dir), run.run_dir / "final", paths["merged"],
@@ -134,11 +154,11 @@ def test_bnb_run_merges_exactly_onto_its_4bit_base(arch, models, corpus, tmp_pat
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", METHOD_ARCHITECTURES)
 def test_method_runs_end_to_end(arch, method, models, corpus, tmp_path):
-    """Each method (its own quantizer, scorer, allocator, merger/rebalancer) on llama, gpt2 and mixtral."""
+    """Each method (its own quantizer, scorer, allocator, merger/rebalancer) on llama, gpt2, mixtral and t5."""
     from spectra_core.builtins.quantizers import BnbNF4Quantizer
 
     model_dir = models(arch)
-    cfg = config_dict(model_dir, corpus, tmp_path / "run", max_steps=4, eval_every=2, save_every=2, batch_size=2)
+    cfg = arch_config(arch, model_dir, corpus, tmp_path / "run", max_steps=4, eval_every=2, save_every=2, batch_size=2)
     cfg = {k: v for k, v in cfg.items() if k not in ("quantizer", "scorer", "allocator")} | {"method": method}
     cfg["allocator"] = {"options": METHOD_ALLOCATOR[method]}
     pipe = Pipeline.from_dict(cfg)
@@ -200,25 +220,13 @@ def test_bnb_quantizes_every_target(arch, models):
             assert isinstance(base, bnb.nn.Linear4bit), f"{t.name} is {type(base).__name__}"
 
 
-def test_t5_is_refused_with_the_reason(models, corpus, tmp_path):
-    model_dir = models("t5")
-    with pytest.raises(InputError, match="encoder-decoder"):
-        survey_model(model_dir, TargetsConfig())
-    config = tmp_path / "run.yaml"
-    import yaml
-
-    config.write_text(yaml.safe_dump(matrix_config(model_dir, corpus, tmp_path / "run")), encoding="utf-8")
-    done = subprocess.run(spectra_cmd("plan", str(config)), capture_output=True, text=True, env=cli_env(), timeout=300)
-    assert done.returncode == 2, done.stderr
-    assert "encoder-decoder" in done.stderr and "Traceback" not in done.stderr
-
-
 def test_plan_prints_families_and_quantization(models, corpus, tmp_path):
     import yaml
 
     model_dir = models("qwen2_moe")
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(matrix_config(model_dir, corpus, tmp_path / "run", quantizer="bnb-nf4")),
+    config.write_text(yaml.safe_dump(matrix_config("qwen2_moe", model_dir, corpus, tmp_path / "run",
+                                                   quantizer="bnb-nf4")),
                       encoding="utf-8")
     done = subprocess.run(spectra_cmd("plan", str(config)), capture_output=True, text=True, env=cli_env(), timeout=300)
     assert done.returncode == 0, done.stderr
@@ -247,7 +255,7 @@ def test_gpt2_conv1d_is_a_target_scanned_out_by_in(models, corpus, tmp_path):
     assert {t.type for t in conv} == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
     c_attn = next(t for t in conv if t.type == "attn.c_attn")
     assert (c_attn.out_features, c_attn.in_features) == (192, 64)
-    scores = Pipeline.from_dict(matrix_config(model_dir, corpus, tmp_path / "run")).scan(progress=False)
+    scores = Pipeline.from_dict(matrix_config("gpt2", model_dir, corpus, tmp_path / "run")).scan(progress=False)
     assert scores.by_name()[c_attn.name].shape == (192, 64)
 
 
@@ -262,3 +270,52 @@ def test_eva_or_loftq_init_on_fused_experts_is_refused(models):
         for t in targets})
     with pytest.raises(ConfigError, match="fused MoE expert"):
         fit_plan(plan, targets)
+
+
+STACK_TYPES = {"t5": {"encoder.layer.0.SelfAttention.q", "decoder.layer.0.SelfAttention.q",
+                      "decoder.layer.1.EncDecAttention.q", "encoder.layer.1.DenseReluDense.wo"},
+               "bart": {"encoder.self_attn.q_proj", "decoder.self_attn.q_proj", "decoder.encoder_attn.q_proj",
+                        "encoder.fc1"}}
+
+
+@pytest.mark.parametrize("arch", SEQ2SEQ_ARCHITECTURES)
+def test_encoder_decoder_types_keep_the_stacks_apart(arch, models, corpus, tmp_path):
+    """Targets sit in both stacks under types named by their stack, so per-type selection (hybrid's
+    top half of each type here) picks from each stack's own modules; shared embeddings and T5's relative
+    position bias are skipped with the reason."""
+    from collections import Counter
+
+    model_dir = models(arch)
+    survey = survey_model(model_dir, TargetsConfig())
+    types = {t.type for t in survey.targets}
+    assert STACK_TYPES[arch] <= types and all(t.split(".")[0] in ("encoder", "decoder") for t in types)
+    assert all(t.type.split(".")[0] == t.name.split(".")[1 if arch == "bart" else 0] for t in survey.targets)
+    reasons = {f.type: f.reason for f in survey.families if not f.adapted}
+    embeddings = [r for t, r in reasons.items() if t.endswith("decoder.embed_tokens")]
+    assert embeddings and embeddings[0].startswith("tied to ")  # one tensor with the shared embedding
+    if arch == "t5":
+        assert reasons["encoder.layer.0.SelfAttention.relative_attention_bias"].startswith("relative position bias")
+
+    pipe = Pipeline.from_dict(arch_config(arch, model_dir, corpus, tmp_path / "run"))  # spectrum-top, 50 %
+    active = Counter(m.type for m in pipe.plan().modules.values() if m.active)
+    assert set(active) == types and set(active.values()) == {1}  # 1 of the 2 layers of every type
+
+
+def test_bnb_keeps_t5s_fp32_modules_in_float_and_the_plan_says_so(models):
+    """transformers' bitsandbytes loading keeps T5's ``wo`` in float32 (``_keep_in_fp32_modules``):
+    exactly those layers are named by ``spectra plan``'s note and counted in float by the estimate."""
+    import bitsandbytes as bnb
+
+    from spectra_core.builtins.quantizers import BnbNF4Quantizer, kept_in_float
+    from spectra_core.cli.train import _float_note
+
+    model_dir = models("t5")
+    survey = survey_model(model_dir, TargetsConfig())
+    loaded = BnbNF4Quantizer().load(model_dir)
+    head = loaded.get_output_embeddings()
+    in_float = {n for n, m in loaded.named_modules()
+                if isinstance(m, torch.nn.Linear) and not isinstance(m, bnb.nn.Linear4bit) and m is not head}
+    kept = kept_in_float(survey.model, BnbNF4Quantizer())
+    assert kept and set(kept) == in_float and all(n.endswith(".wo") for n in kept)
+    assert f"keeps {len(kept)} linear layers (wo; " in _float_note(survey, BnbNF4Quantizer())
+    assert _float_note(survey_model(models("llama"), TargetsConfig()), BnbNF4Quantizer()) is None

@@ -13,11 +13,12 @@ config says so. :func:`base_bytes_per_param` gives the storage cost of a quantiz
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from spectra_core.adapters import prepare_for_kbit_training
+from spectra_core.automodel import load_pretrained
 from spectra_core.quantized import guard_bnb_cpu_repack
 from spectra_core.strategies import Quantizer, StrategyOptions
 
@@ -63,11 +64,7 @@ class NoQuantizer(Quantizer):
         dtype: Dtype = Field(default="float32")
 
     def load(self, model_dir: Path, *, trust_remote_code: bool = False):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=_dtype(self.options.dtype), trust_remote_code=trust_remote_code,
-            use_safetensors=True)
+        return load_pretrained(model_dir, dtype=_dtype(self.options.dtype), trust_remote_code=trust_remote_code)
 
     def bytes_per_param(self) -> float:
         return DTYPE_BYTES[self.options.dtype]
@@ -82,6 +79,7 @@ class BnbNF4Quantizer(Quantizer):
 
     name = "bnb-nf4"
     quantizes_experts = True  # fused 3-D MoE experts too, once wrapped by peft (see coverage.quantize_bnb_experts)
+    keeps_fp32_modules = True  # transformers' bitsandbytes loading leaves the model's _keep_in_fp32_modules in float
 
     class Options(StrategyOptions):
         compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -89,15 +87,14 @@ class BnbNF4Quantizer(Quantizer):
         double_quant: bool = Field(default=True, description="Quantize the block scales too (~0.4 bit/param saved).")
 
     def load(self, model_dir: Path, *, trust_remote_code: bool = False):
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+        from transformers import BitsAndBytesConfig
 
         compute = _dtype(self.options.compute_dtype)
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                    bnb_4bit_use_double_quant=self.options.double_quant,
                                    bnb_4bit_compute_dtype=compute)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, quantization_config=quant, dtype=compute, device_map=device_map(),
-            trust_remote_code=trust_remote_code, use_safetensors=True)
+        model = load_pretrained(model_dir, quantization_config=quant, dtype=compute, device_map=device_map(),
+                                trust_remote_code=trust_remote_code)
         quantize_bnb_subclasses(model, quant)  # e.g. Falcon's FalconLinear, which transformers leaves in float
         # fused 3-D MoE experts: quantized once their LoRA is in place (spectra_core.adapters.inject)
         guard_bnb_cpu_repack(model)
@@ -127,11 +124,10 @@ class TorchaoNF4Quantizer(Quantizer):
 
     def load(self, model_dir: Path, *, trust_remote_code: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(  # on the GPU first: NF4 conversion is much faster there
+        model = load_pretrained(  # on the GPU first: NF4 conversion is much faster there
             model_dir, dtype=_dtype(self.options.compute_dtype), trust_remote_code=trust_remote_code,
-            use_safetensors=True, device_map=device_map())
+            device_map=device_map())
         plain_linears(model, self.options.skip)  # NF4 tensors work in plain nn.Linear only (not Conv1D, FalconLinear)
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and not any(s in name for s in self.options.skip):
@@ -167,6 +163,16 @@ def base_bytes_per_param(quantizer: Quantizer) -> float:
 def quantizes_experts(quantizer: Quantizer) -> bool:
     """True when ``quantizer`` stores fused 3-D MoE expert tensors in 4-bit as well (else they stay float)."""
     return bool(getattr(quantizer, "quantizes_experts", False))
+
+
+def kept_in_float(model: Any, quantizer: Quantizer) -> list[str]:
+    """Names of the linear layers ``quantizer`` leaves in float32 because the model class keeps them so
+    (``_keep_in_fp32_modules``, e.g. T5's ``wo`` for fp16 stability), as transformers' bitsandbytes loading does."""
+    import torch
+
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if getattr(quantizer, "keeps_fp32_modules", False) \
+        else set()
+    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and keep & set(name.split("."))]
 
 
 def other_bytes_per_param(quantizer: Quantizer) -> float:

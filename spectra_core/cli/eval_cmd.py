@@ -17,8 +17,8 @@ def eval_cmd(
     target: Path = typer.Argument(..., help="A finished run directory, or a model directory (e.g. a merged export)."),
     data: Path = typer.Option(None, "--data", help="Data file for held-out loss / perplexity (default for a run: "
                               "its validation_path, if set)."),
-    data_format: str = typer.Option(None, "--format", help="text, instruction or chat (default: the run's "
-                                    "data.format, else text)."),
+    data_format: str = typer.Option(None, "--format", help="text, instruction, chat or seq2seq (default: the "
+                                    "run's data.format, else text; seq2seq for an encoder-decoder)."),
     tasks: list[str] = typer.Option(None, "--tasks", help="lm-eval task YAML file or bundled task name "
                                     "(repeatable or comma-separated); needs lm_eval installed."),
     limit: int = typer.Option(None, "--limit", min=1, help="Evaluate at most N documents per task."),
@@ -27,6 +27,7 @@ def eval_cmd(
 ) -> None:
     """Score the trained model (adapter on its base, as training saw it) or a model directory."""
     from spectra_core.atomic import write_text
+    from spectra_core.automodel import is_seq2seq
     from spectra_core.config import DataConfig
     from spectra_core.evaluation import heldout_loss, lm_eval_tasks
     from spectra_core.loading import load_for_inference
@@ -43,6 +44,8 @@ def eval_cmd(
     results: dict = {"target": str(target)}
     if data is not None:
         base = run_data.model_dump() if run_data is not None else {}
+        if not data_format and run_data is None and is_seq2seq(loaded.model.config):
+            data_format = "seq2seq"
         cfg = DataConfig(**(base | {"path": str(data), "validation_path": None, "max_samples": None}
                             | ({"format": data_format} if data_format else {})))
         results["heldout"] = heldout_loss(loaded.model, loaded.tokenizer, cfg, batch_size=batch_size)

@@ -62,6 +62,8 @@ def complete(model: Any, tokenizer: Any, prompt: str, messages: list[dict[str, s
     import torch
     from transformers import TextStreamer
 
+    from spectra_core.automodel import is_seq2seq
+
     if messages is not None:
         messages.append({"role": "user", "content": prompt})
         inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
@@ -76,7 +78,8 @@ def complete(model: Any, tokenizer: Any, prompt: str, messages: list[dict[str, s
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, pad_token_id=pad,
                              use_cache=True, **sampling)
-    reply = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    reply = tokenizer.decode(out[0] if is_seq2seq(model.config) else out[0, inputs["input_ids"].shape[1]:],
+                             skip_special_tokens=True)  # an encoder-decoder returns only the decoder's tokens
     if messages is not None:
         messages.append({"role": "assistant", "content": reply})
     sys.stdout.flush()

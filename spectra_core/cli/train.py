@@ -60,8 +60,9 @@ def plan_cmd(
     console.print("\n".join(_family_lines(survey)), highlight=False)
     console.print(f"adaptable: {survey.adaptable_fraction():.1%} of the model's {survey.total_params:,} parameters "
                   "sit in adapted families", highlight=False)
-    if note := _experts_note(survey, pipe.quantizer):
-        console.print(note, highlight=False)
+    for note in (_experts_note(survey, pipe.quantizer), _float_note(survey, pipe.quantizer)):
+        if note:
+            console.print(note, highlight=False)
     console.print(table)
     if note := _head_note(pipe.config.targets, plan):
         console.print(note, highlight=False)
@@ -112,6 +113,21 @@ def _experts_note(survey: Any, quantizer: Any) -> str | None:
     return (f"note: {quantizer.name} leaves the fused 3-D expert tensors ({experts:,} parameters, "
             f"{_gib(int(experts * other_bytes_per_param(quantizer)))}) in float: it quantizes linear layers only; "
             "their memory is in the estimate below. quantizer: bnb-nf4 quantizes them to 4-bit as well")
+
+
+def _float_note(survey: Any, quantizer: Any) -> str | None:
+    """Name the linear layers the quantizer keeps in float32 because the model asks (T5's ``wo``), with their cost."""
+    from spectra_core.builtins.quantizers import kept_in_float
+
+    kept = kept_in_float(survey.model, quantizer)
+    if not kept:
+        return None
+    modules = dict(survey.model.named_modules())
+    params = sum(modules[n].weight.numel() for n in kept)
+    kinds = sorted({n.rpartition(".")[2] for n in kept})
+    return (f"note: {quantizer.name} keeps {len(kept)} linear layers ({', '.join(kinds)}; {params:,} parameters, "
+            f"{_gib(params * 4)}) in float32, as {type(survey.model).__name__} asks (_keep_in_fp32_modules, for "
+            "numerical stability); their LoRA trains on the float weight; the estimate below counts them in float32")
 
 
 def _head_note(targets: Any, plan: Any) -> str | None:

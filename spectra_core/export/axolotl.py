@@ -86,6 +86,10 @@ def _dataset(data: Any) -> dict[str, Any]:
     suffix = Path(path).suffix.lower().lstrip(".")
     ds_type = {"txt": "text", "jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(suffix)
     entry: dict[str, Any] = {"path": path, **({"ds_type": ds_type} if ds_type else {})}
+    if data.format == "seq2seq":
+        raise InputError("the axolotl exporter writes configs for causal LMs; this run trained an encoder-decoder "
+                         "on data.format: seq2seq, which an axolotl config cannot reproduce",
+                         hint="export the peft-adapter (task type SEQ_2_SEQ_LM) or merged model instead")
     if data.format == "text":
         return entry | {"type": "completion", "field": "text" if ds_type == "text" else data.text_field}
     if data.format == "instruction":

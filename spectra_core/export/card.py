@@ -23,6 +23,7 @@ class BaseModelInfo:
     source: str
     hub_id: str | None
     local_dir: Path | None
+    auto_class: str = "AutoModelForCausalLM"  # the transformers class that loads it (automodel.model_class)
 
     @property
     def loadable(self) -> str:
@@ -43,7 +44,14 @@ def base_model_info(run: RunArtifacts) -> BaseModelInfo:
         local_dir: Path | None = Path(run.base_model_dir()).resolve()
     except InputError:
         local_dir = None
-    return BaseModelInfo(source, hub_id, local_dir)
+    if local_dir is None:
+        return BaseModelInfo(source, hub_id, local_dir)
+    from transformers import AutoConfig
+
+    from spectra_core.automodel import model_class
+
+    config = AutoConfig.from_pretrained(local_dir, trust_remote_code=run.config.model.trust_remote_code)
+    return BaseModelInfo(source, hub_id, local_dir, model_class(config).__name__)
 
 
 def trained_against(run: RunArtifacts) -> str:
@@ -65,7 +73,7 @@ def load_snippet(run: RunArtifacts, base: BaseModelInfo, adapter: Path) -> list[
     q = run.config.quantizer
     hub = f'  # or "{base.hub_id}" from the Hub' if base.hub_id and base.loadable != base.hub_id else ""
     lines = ["```python", "import torch", "from peft import PeftModel",
-             "from transformers import AutoModelForCausalLM, AutoTokenizer"
+             f"from transformers import {base.auto_class}, AutoTokenizer"
              + (", BitsAndBytesConfig" if q.name == "bnb-nf4" else ""), "",
              f'base_id = "{base.loadable}"{hub}', f'adapter_dir = "{adapter}"']
     if q.name == "bnb-nf4":
@@ -75,11 +83,10 @@ def load_snippet(run: RunArtifacts, base: BaseModelInfo, adapter: Path) -> list[
                   'quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",',
                   f"                           bnb_4bit_use_double_quant={q.options.double_quant}, "
                   "bnb_4bit_compute_dtype=compute)",
-                  "base = AutoModelForCausalLM.from_pretrained(base_id, quantization_config=quant, dtype=compute,",
-                  '                                            device_map="auto" if torch.cuda.is_available() '
-                  'else "cpu")']
+                  f"base = {base.auto_class}.from_pretrained(base_id, quantization_config=quant, dtype=compute,",
+                  '    device_map="auto" if torch.cuda.is_available() else "cpu")']
     else:
-        lines.append("base = AutoModelForCausalLM.from_pretrained(base_id, dtype=torch.float32)")
+        lines.append(f"base = {base.auto_class}.from_pretrained(base_id, dtype=torch.float32)")
     lines += ["model = PeftModel.from_pretrained(base, adapter_dir).eval()",
               "tokenizer = AutoTokenizer.from_pretrained(base_id)",
               'inputs = tokenizer("In the beginning", return_tensors="pt").to(model.device)',

@@ -57,10 +57,10 @@ class MergedExporter(Exporter):
 def float_base(base_dir: Path, *, trust_remote_code: bool = False) -> Any:
     """The original checkpoint in float32; a quantized checkpoint is refused."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                                                use_safetensors=True)
+    from spectra_core.automodel import load_pretrained
+
+    base = load_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     if getattr(base.config, "quantization_config", None) is not None:
         raise InputError(f"the base model in {base_dir} is a quantized checkpoint; a float merge needs float weights",
                          hint="point model.source at the unquantized checkpoint")

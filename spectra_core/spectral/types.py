@@ -1,25 +1,30 @@
-"""Module types as the Spectrum reference defines them."""
+"""Module types as the Spectrum reference defines them, with the stack of an encoder-decoder kept in front."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+STACKS = ("encoder", "decoder")
+
 
 def module_type(name: str) -> str:
-    """The dotted suffix after the first all-digit component; a name without one is its own type. A
-    trailing all-digit component (expert ``i`` of a fused MoE tensor, ``{tensor}.{i}``) is not part of it,
-    so the experts of one fused tensor share their type across layers.
+    """The dotted suffix after the first all-digit component (Spectrum's type), behind the ``encoder`` /
+    ``decoder`` stack the layer sits in, if any, so an encoder-decoder's two stacks are never one type;
+    a name without a layer index is its own type. A trailing all-digit component (expert ``i`` of a fused
+    MoE tensor, ``{tensor}.{i}``) is not part of it, so the experts of one fused tensor share their type.
 
     ``model.layers.7.self_attn.q_proj`` → ``self_attn.q_proj``;
     ``model.layers.3.mlp.experts.12.down_proj`` → ``mlp.experts.12.down_proj`` (Spectrum's per-expert names);
-    ``model.layers.3.mlp.experts.gate_up_proj.5`` → ``mlp.experts.gate_up_proj``; ``lm_head`` → ``lm_head``.
+    ``model.layers.3.mlp.experts.gate_up_proj.5`` → ``mlp.experts.gate_up_proj``; ``lm_head`` → ``lm_head``;
+    T5's ``decoder.block.1.layer.1.EncDecAttention.q`` → ``decoder.layer.1.EncDecAttention.q``.
     """
     parts = name.split(".")
     if len(parts) > 2 and parts[-1].isdigit() and not parts[-2].isdigit():
         parts = parts[:-1]
     for i, part in enumerate(parts):
         if part.isdigit():
-            return ".".join(parts[i + 1:])
+            stack = [p for p in parts[:i] if p in STACKS]
+            return ".".join(stack[-1:] + parts[i + 1:])
     return name
 
 

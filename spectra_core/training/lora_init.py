@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import adapters
+from ..automodel import is_seq2seq
 from ..errors import ConfigError
 from ..plan import AdapterPlan
 
@@ -28,6 +29,10 @@ def initialize(model: Any, plan: AdapterPlan, *, batches: Batches | None, model_
     if plan.init.name == "eva":
         if batches is None:
             raise ConfigError("EVA init needs training data", hint="train with a data section in the config")
+        if is_seq2seq(model.config):
+            raise ConfigError("EVA init (peft's) masks every layer's inputs with one token mask, which an "
+                              "encoder-decoder's two stacks (input length, target length) do not share",
+                              hint="use lora_init: {name: default} (or loftq on a bnb-nf4 base) for this model")
         eva(model, plan, batches(plan.init.batches))
     elif plan.init.name == "loftq":
         if model_dir is None:

@@ -1,8 +1,10 @@
-"""Causal-LM loss without materialising full-vocabulary logits.
+"""Language-model losses: :func:`lm_loss` picks the causal or the seq2seq one from the model.
 
-Only positions with a label are projected through the output head, in chunks; each chunk's logits
-are recomputed in the backward pass (activation checkpointing), so peak memory holds one chunk's
-float32 logits instead of ``batch × length × vocab``.
+Causal LMs: without materialising full-vocabulary logits. Only positions with a label are projected
+through the output head, in chunks; each chunk's logits are recomputed in the backward pass
+(activation checkpointing), so peak memory holds one chunk's float32 logits instead of
+``batch × length × vocab``. Encoder-decoders (T5, BART): the generic route, full decoder logits
+(their heads carry model-specific scaling, e.g. T5's tied-embedding rescale).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ IGNORE = -100
 
 def _decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """The decoder stack and output head of a plain causal LM (None for models with logit tweaks)."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal = _unwrapped(model)
     cfg = causal.config
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         return None
@@ -32,6 +34,32 @@ def _decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module] | N
 def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()
     return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def _unwrapped(model: Any) -> Any:
+    """The transformers model under a peft wrapper."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, number of label tokens): :func:`seq2seq_lm_loss` for an encoder-decoder,
+    else :func:`causal_lm_loss`."""
+    from ..automodel import is_seq2seq
+
+    return (seq2seq_lm_loss if is_seq2seq(_unwrapped(model).config) else causal_lm_loss)(model, batch)
+
+
+def seq2seq_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, number of label tokens) of an encoder-decoder: the encoder reads
+    ``input_ids`` (``attention_mask``), the decoder the labels shifted right by the model's own
+    ``prepare_decoder_input_ids_from_labels``; every label (target + EOS) is predicted, none shifted here."""
+    labels = batch["labels"]
+    decoder_inputs = _unwrapped(model).prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=decoder_inputs).logits
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss, int((labels != IGNORE).sum())
 
 
 def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor], *, chunk_tokens: int = 1024) -> tuple[torch.Tensor, int]:
@@ -70,7 +98,7 @@ def summed_eval_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: i
     batches = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)][:max_batches or None]
     total = count = 0.0
     for batch in batches[rank::world]:
-        loss, n = causal_lm_loss(model, {k: v.to(device) for k, v in collate(batch, pad_id).items()})
+        loss, n = lm_loss(model, {k: v.to(device) for k, v in collate(batch, pad_id).items()})
         total, count = total + float(loss), count + n
     model.train()
     return total, count

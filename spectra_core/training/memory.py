@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters import peft_targets
+from ..builtins.quantizers import base_bytes_per_param, kept_in_float, other_bytes_per_param, quantizes_experts
 from ..expert_plan import by_tensor
-from ..builtins.quantizers import base_bytes_per_param, other_bytes_per_param, quantizes_experts
 from ..plan import AdapterPlan
 
 LORA_BYTES = 4  # peft keeps adapter weights in float32
@@ -28,8 +28,9 @@ def estimate_memory(model_dir: Path, quantizer: Any, plan: AdapterPlan, *, trust
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     model = meta_model(config, trust_remote_code=trust_remote_code)
     head = model.get_output_embeddings()
-    quantized = {id(m.weight) for m in model.modules()
-                 if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head and quantizer.name != "none"}
+    float_kept = set(kept_in_float(model, quantizer))
+    quantized = {id(m.weight) for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))
+                 and m is not head and name not in float_kept and quantizer.name != "none"}
     if quantizes_experts(quantizer):
         quantized |= {id(p) for p in model.parameters() if p.ndim == 3}
     q_params = sum(p.numel() for p in model.parameters() if id(p) in quantized)

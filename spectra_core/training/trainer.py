@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ..atomic import atomic_dir, write_text
-from ..data import TokenizedData, collate, load_data, micro_batch_indices
+from ..data import TokenizedData, check_format, collate, load_data, micro_batch_indices
 from ..errors import InputError, TrainingError
 from ..plan import AdapterPlan
 from ..run import Run
@@ -27,7 +27,7 @@ from ..rundir import Replacement, check_output_dir, recover
 from ..scores import Scores
 from . import checkpoint as ckpt
 from .distributed import all_reduce_grads, all_reduce_sum, barrier, make_accelerator
-from .loss import causal_lm_loss, summed_eval_loss
+from .loss import lm_loss, summed_eval_loss
 from .metrics import PROJECT, TRACKER_DIR, MetricsLog, resolve_trackers, tracker_config
 from .modeling import build_peft_model, load_base, trainable_named_parameters
 from .optim import lr_factor, make_optimizer, set_lr
@@ -155,6 +155,11 @@ class Trainer:
     def train(self, *, resume: bool = False, overwrite: bool = False) -> Run:
         if self.config.data is None:
             raise InputError("the config has no data section", hint="add data: {path: FILE} to the config")
+        from transformers import AutoConfig, AutoTokenizer
+
+        model_dir = self.pipeline.model_dir()
+        remote = self.config.model.trust_remote_code
+        check_format(self.config.data, AutoConfig.from_pretrained(model_dir, trust_remote_code=remote))  # before any write
         if self.plan is not None:  # before anything is written or replaced
             self.plan.check_init(tied=self.pipeline.gradient_merger is not None)
             if self.pipeline.rebalancer is not None:
@@ -167,11 +172,7 @@ class Trainer:
         barrier()
         self.accelerator = acc
         torch.manual_seed(self.tcfg.seed)
-
-        from transformers import AutoTokenizer
-
-        model_dir = self.pipeline.model_dir()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=self.config.model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=remote)
         self.data: TokenizedData = load_data(self.config.data, tokenizer, seed=self.tcfg.seed)
         self.pad_id = tokenizer.pad_token_id
 
@@ -248,7 +249,7 @@ class Trainer:
             for _ in range(t.gradient_accumulation):
                 batch = self._micro_batch(state.micro_batches)
                 with session.training_pass():
-                    loss, n = causal_lm_loss(model, batch)
+                    loss, n = lm_loss(model, batch)
                     reduced, count = all_reduce_sum([float(loss.detach()), float(n)])
                     if not math.isfinite(reduced):
                         bar.close()
