@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from arch_fixtures import make_model
-from train_fixtures import config_dict, write_text
+from train_fixtures import assert_resumes_bitwise, config_dict, write_text
 
 from spectra_core.adapters import delta, factors, inject, lora_layers
 from spectra_core.builtins.quantizers import NoQuantizer
@@ -268,18 +268,7 @@ def plan_type(name: str) -> str:
 def test_a_run_with_per_expert_plans_resumes_bitwise(mixtral, corpus, tmp_path):
     """Mixed expert ranks, LR scales and frozen experts (all-inactive): a run resumed from its step-2
     checkpoint ends bitwise where the uninterrupted one does."""
-    import shutil
-
-    from safetensors.torch import load_file
-
     plan = expert_plan(mixtral, e0=(True, 2, 4.0, 1.0), e1=(True, 1, 2.0, 0.5), e3=(False, 2, 4.0, 1.0))
     plan.mode = "all-inactive"
     kw = {"max_steps": 4, "save_every": 2, "keep_checkpoints": 3, "eval_every": 4, "weight_decay": 0.01}
-    Pipeline.from_dict(config_dict(mixtral, corpus, tmp_path / "a", **kw)).train(plan.model_copy(deep=True))
-    Pipeline.from_dict(config_dict(mixtral, corpus, tmp_path / "b", **kw)).train(plan.model_copy(deep=True))
-    shutil.rmtree(tmp_path / "b" / "final")
-    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-00000004")
-    Pipeline.from_dict(config_dict(mixtral, corpus, tmp_path / "b", **kw)).train(resume=True)
-    a = load_file(tmp_path / "a" / "final" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "b" / "final" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resumes_bitwise(lambda out: config_dict(mixtral, corpus, out, **kw), tmp_path, 4, plan)

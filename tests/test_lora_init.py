@@ -4,14 +4,13 @@ EVA (on the NF4 base) redistributes ranks, the plan follows, stock peft loads th
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from train_fixtures import config_dict, make_plan, tiny_model_dir, write_text  # noqa: F401
+from train_fixtures import assert_resumes_bitwise, config_dict, make_plan, tiny_model_dir, write_text  # noqa: F401
 
 from spectra_core.errors import ConfigError
 from spectra_core.pipeline import Pipeline
@@ -150,11 +149,4 @@ def test_eva_init_is_peft_eva_components(tiny_model_dir, data_file, tmp_path):
 
 def test_eva_run_resumes_bitwise(tiny_model_dir, data_file, tmp_path):
     kw = {"max_steps": 4, "save_every": 2, "keep_checkpoints": 3}
-    Pipeline.from_dict(_eva_config(tiny_model_dir, data_file, tmp_path / "a", **kw)).train()
-    Pipeline.from_dict(_eva_config(tiny_model_dir, data_file, tmp_path / "b", **kw)).train()
-    shutil.rmtree(tmp_path / "b" / "final")
-    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-00000004")
-    Pipeline.from_dict(_eva_config(tiny_model_dir, data_file, tmp_path / "b", **kw)).train(resume=True)
-    a = load_file(tmp_path / "a" / "final" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "b" / "final" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resumes_bitwise(lambda out: _eva_config(tiny_model_dir, data_file, out, **kw), tmp_path, 4)

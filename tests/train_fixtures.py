@@ -127,6 +127,25 @@ def config_dict(model_dir: Path, data: Path, out: Path, **training: Any) -> dict
             "training": train, "output_dir": str(out)}
 
 
+def assert_resumes_bitwise(config: Any, tmp_path: Path, last_step: int, plan: AdapterPlan | None = None) -> None:
+    """Train ``config(out_dir)`` (a run config dict) to the end twice; the second run loses its final adapter
+    and newest checkpoint (``last_step``) and resumes: both final adapters are bitwise equal."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from spectra_core.pipeline import Pipeline
+
+    for run in ("a", "b"):
+        Pipeline.from_dict(config(tmp_path / run)).train(plan.model_copy(deep=True) if plan is not None else None)
+    shutil.rmtree(tmp_path / "b" / "final")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / f"step-{last_step:08d}")
+    Pipeline.from_dict(config(tmp_path / "b")).train(resume=True)
+    a = load_file(tmp_path / "a" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def cli_env() -> dict[str, str]:
     """Environment for CLI subprocesses: one thread each, the repo importable."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
