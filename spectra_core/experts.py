@@ -90,7 +90,7 @@ class ExpertSteps:
     def group_gradients(self, gid: str) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]] | None:
         """(summed, per member position) gradients ``{"A", "B"}`` of tied expert group ``gid``; None before a backward."""
         members = self.groups[gid]
-        if any(p.grad is None for m in members for p in _factor_params(m.layer)):
+        if any(p.grad is None for m in members for p in factors(m.layer).values()):
             return None
         own = {i: dict(zip("AB", (g.detach().clone() for g in m.slices(grads=True)))) for i, m in enumerate(members)}
         return {f: sum(o[f] for o in own.values()) for f in "AB"}, own
@@ -132,11 +132,6 @@ class ExpertSteps:
         self._saved = []
         for members in self.groups.values():
             tie_values(members)
-
-
-def _factor_params(layer: torch.nn.Module) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
-    f = factors(layer)
-    return f["A"], f["B"]
 
 
 @torch.no_grad()
