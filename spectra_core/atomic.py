@@ -82,16 +82,22 @@ def atomic_dir(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-        if path.exists():
-            if _exchange(tmp, path):
-                shutil.rmtree(tmp, ignore_errors=True)  # now holds the old entry
+        if not path.exists():
+            try:
+                os.replace(tmp, path)
                 return
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+            except OSError as error:  # another writer published ``path`` just now
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        if not overwrite:  # published by another writer since the start
+            raise FileExistsError(path)
+        if _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # now holds the old entry
+            return
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

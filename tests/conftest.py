@@ -1,4 +1,4 @@
-"""Shared test set-up: one torch thread (2-core CI box), offline hub, a private spectra cache."""
+"""Shared test set-up: one torch thread per test process (2-core CI box, two pytest-xdist workers), offline hub."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SPECTRUM_REFERENCE = REPO.parent / "shared" / "spectrum-reference"

@@ -4,7 +4,8 @@
   no visible partial output; the next start removes the hidden leftovers;
 * ``train --overwrite`` moves the earlier run aside and drops it only at the new run's first
   checkpoint; killed before that, the earlier run is restored on the next start;
-* the scan cache key follows the scorer's code.
+* the scan cache key follows the scorer's code;
+* two writers of one directory (two test workers converting the bundled model) both succeed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from reliability_fixtures import Ctx, ctx, dead_pid, tiny_model_dir, tree  # noqa: F401
 from train_fixtures import cli_env, spectra_cmd
+
+from spectra_core.atomic import atomic_dir
 
 
 def _visible(directory: Path) -> set[str]:
@@ -191,3 +195,22 @@ def test_plan_says_when_exclude_made_the_head_a_target(ctx, tmp_path, run_cli): 
     res = run_cli("plan", cfg)
     assert res.returncode == 0, res.stderr
     assert "replaces the default ['lm_head']" in res.stdout and "lm_head is a target" in res.stdout
+
+
+def test_a_directory_published_by_another_writer_meanwhile_is_replaced(tmp_path):
+    out = tmp_path / "model"
+    with atomic_dir(out) as tmp:
+        (tmp / "weights").write_text("ours")
+        out.mkdir()  # the other writer publishes first
+        (out / "weights").write_text("theirs")
+    assert (out / "weights").read_text() == "ours"
+    assert _visible(tmp_path) == {"model"} and os.listdir(tmp_path) == ["model"]
+
+
+def test_without_overwrite_a_directory_published_meanwhile_is_kept(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FileExistsError), atomic_dir(out, overwrite=False) as tmp:
+        (tmp / "weights").write_text("ours")
+        out.mkdir()
+        (out / "weights").write_text("theirs")
+    assert (out / "weights").read_text() == "theirs" and os.listdir(tmp_path) == ["run"]

@@ -167,7 +167,9 @@ SUMMARY = re.compile(r"^(FAILED|ERROR|SKIPPED) (?:\[\d+\] )?(\S+)(?: - (.*))?$")
 
 
 def tests_phase(entry: dict[str, Any], deadline: float) -> None:
-    cmd = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-v", "-rfEs", "-p", "no:cacheprovider"]
+    # in-process: the project's addopts ask for pytest-xdist workers, which the GPU machine does not carry
+    cmd = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "-o", "addopts=--strict-markers", "-p", "no:xdist",
+           "-m", "cuda", "-v", "-rfEs", "-p", "no:cacheprovider"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     entry["command"] = " ".join(cmd[1:])
     with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
