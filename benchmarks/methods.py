@@ -8,7 +8,7 @@ Each config's arms, budget (steps, seeds, LR grid) and splits live in the YAML; 
 compare (resumable: finished runs are skipped), then writes each corpus's setup line, table and Pareto
 plot into docs/benchmarks.md (between ``<!-- methods:compare-CORPUS:start/end -->``) and docs/img/.
 
-    python benchmarks/methods.py --quick --corpus kjv   # every arm, 5 steps, 1 seed, 2 LRs: ~15 min on 2 idle cores
+    python benchmarks/methods.py --quick --corpus kjv --jobs 2   # every arm, 5 steps, 1 seed, 2 LRs: 14 min on 2 idle cores
     python benchmarks/methods.py            # 100 steps, 3 seeds, 3 LRs, both corpora: ~7 h on 2 idle cores
     python benchmarks/methods.py --report   # only re-render the docs from the results already there
 
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--docs", type=Path, default=ROOT / "docs", help="docs folder: benchmarks.md and img/ go here")
     ap.add_argument("--no-docs", action="store_true", help="do not touch the docs")
     ap.add_argument("--report", action="store_true", help="only re-render tables and plots from the results")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each)")
     args = ap.parse_args()
     failed = []
     for corpus in args.corpus:
@@ -74,7 +75,7 @@ def main() -> None:
         root = args.out or (ROOT / "runs" / "bench-methods-quick" if args.quick else None)
         out = root / corpus if root else ROOT / "benchmarks" / "compare" / corpus
         cmd = [sys.executable, "-m", "spectra_core", "compare", str(config), "--out", str(out),
-               *(["--quick"] if args.quick else []), *(["--report"] if args.report else []),
+               *(["--quick"] if args.quick else []), *(["--report"] if args.report else []), f"--jobs={args.jobs}",
                *(f"--only={arm}" for arm in args.only)]
         if subprocess.run(cmd, cwd=ROOT, env=arm_env(1)).returncode:
             failed.append(corpus)

@@ -111,12 +111,12 @@ def check_weights(model_dir: Path, model: torch.nn.Module) -> None:
     import torch
 
     from .spectral.safetensors_io import read_header
-    from .spectral.sources import _safetensors_files
+    from .spectral.sources import safetensors_files
 
     if not any(Path(model_dir).glob("*.safetensors*")):
         return  # the loader reports the missing (or pickle-only) weights
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    stored = {info.key: (info.shape, info.file.name) for f in _safetensors_files(Path(model_dir)) for info in read_header(f)}
+    stored = {info.key: (info.shape, info.file.name) for f in safetensors_files(Path(model_dir)) for info in read_header(f)}
     if not stored.keys() & expected.keys():
         return
     for key, (shape, file) in stored.items():
@@ -141,7 +141,7 @@ def nonfinite_weights(model_dir: Path) -> list[str]:
     import torch
 
     from .spectral.safetensors_io import FLOAT_DTYPES, read_header, read_tensor
-    from .spectral.sources import _safetensors_files
+    from .spectral.sources import safetensors_files
 
-    return [info.key for f in _safetensors_files(Path(model_dir)) for info in read_header(f)
+    return [info.key for f in safetensors_files(Path(model_dir)) for info in read_header(f)
             if info.dtype in FLOAT_DTYPES and not bool(torch.isfinite(read_tensor(info).float()).all())]

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .config import config_model, load_config
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .plan import AdapterPlan
 from .registry import Registry, get_registry
 from .scores import Scores
@@ -245,6 +245,8 @@ class Pipeline:
         The run records ``scores`` (default: this pipeline's last scan) as ``scores.json``."""
         from .training.trainer import Trainer
 
+        if self.config.data is None:  # before the scan: nothing is spent on a run that cannot start
+            raise InputError("the config has no data section", hint="add data: {path: FILE} to the config")
         scores = scores if scores is not None else self._scores
         if plan is None and not resume:
             scores = scores if scores is not None else self.scan()

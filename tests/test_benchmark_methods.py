@@ -16,7 +16,8 @@ from train_fixtures import ROOT, cli_env
 @pytest.mark.slow
 def test_quick_compare_writes_tables_plots_and_results(tmp_path):
     docs, out = tmp_path / "docs", tmp_path / "out"
-    cmd = [sys.executable, "benchmarks/methods.py", "--quick", "--corpus", "kjv", "--docs", str(docs), "--out", str(out)]
+    cmd = [sys.executable, "benchmarks/methods.py", "--quick", "--corpus", "kjv", "--jobs", "2", "--docs", str(docs),
+           "--out", str(out)]
     res = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=2400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = (docs / "benchmarks.md").read_text()

@@ -122,29 +122,45 @@ def test_solver_refuses_a_budget_it_cannot_reach(tiny_model_dir, tmp_path):
     assert 0 < value <= 1 and abs(found - per_rank) <= 0.5 * per_rank
 
 
-def test_killed_compare_resumes_and_gives_the_same_table(finished, tiny_model_dir, tmp_path):
+def test_killed_parallel_compare_resumes_and_gives_the_same_table(finished, tiny_model_dir, tmp_path):
+    """Two runs at once (``--jobs 2``), killed mid-run and resumed: the table equals the serial compare's."""
     _, reference_out, _ = finished
     path = compare_yaml(tmp_path, tiny_model_dir, name="killed")
     out = tmp_path / "killed"
-    proc = subprocess.Popen(spectra_cmd("compare", str(path)), env=cli_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(spectra_cmd("compare", str(path), "--jobs", "2"), env=cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and not ((out / "results.jsonl").is_file() and len(cell_records(out)) >= 2):
         time.sleep(0.2)
     workers = []
-    while time.time() < deadline and not workers:  # a cell's own subprocess is running: kill mid-run
+    while time.time() < deadline and len(workers) < 2:  # two cells' subprocesses at once: kill mid-run
         workers = [p for p in Path("/proc").glob("[0-9]*") if _is_worker_of(p, proc.pid)]
         time.sleep(0.1)
-    assert workers, "no running worker subprocess to kill"
-    os.killpg(proc.pid, signal.SIGKILL)
+    assert len(workers) == 2, "no two worker subprocesses running at once"
+    os.kill(proc.pid, signal.SIGKILL)  # the compare process only: its workers must not train on for nobody
     proc.wait(timeout=60)
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    orphans = [p for p in workers if _alive(p)]
+    if orphans:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not orphans, "worker subprocesses outlived their killed compare"
     finished_before = {r["key"] for r in cell_records(out)}
     assert 2 <= len(finished_before) < 6
-    res = subprocess.run(spectra_cmd("compare", str(path)), env=cli_env(), capture_output=True, text=True, timeout=900)
+    res = subprocess.run(spectra_cmd("compare", str(path), "-j", "2"), env=cli_env(), capture_output=True, text=True,
+                         timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     records = cell_records(out)
     assert len(records) == 6 and len({r["key"] for r in records}) == 6  # finished cells were not rerun
     assert table_body(out) == table_body(reference_out)  # same LRs, losses, Δ and parameters
+    assert {r["parallel_jobs"] for r in records if r["key"] not in finished_before} == {2}
+
+
+def _alive(proc_dir: Path) -> bool:
+    try:
+        return (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _is_worker_of(proc_dir: Path, parent: int) -> bool:

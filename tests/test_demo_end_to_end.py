@@ -1,5 +1,7 @@
 """The README's main job, end to end on the real bundled SmolLM2-135M (shortened): train with the
-hybrid method on the bundled KJV text, then load what it exported with stock peft and transformers."""
+hybrid method on the bundled KJV text, then load what it exported with stock peft and transformers.
+One test, one training run: the slow suite's work-stealing scheduler would otherwise run a shared
+module fixture once per worker."""
 
 from __future__ import annotations
 
@@ -14,14 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, request):
-    run_cli = request.getfixturevalue("run_cli")
-    out = tmp_path_factory.mktemp("demo") / "run"
+def test_demo_trains_exports_and_stock_libraries_load_it(run_cli, tmp_path):
+    out = tmp_path / "run"
     res = run_cli("train", REPO / "configs" / "demo.yaml", "training.max_steps=40", "training.eval_every=20",
                   "training.save_every=20", f"output_dir={out}", timeout=1800, env={"OMP_NUM_THREADS": "2"})
     assert res.returncode == 0, res.stderr[-3000:]
-    return out, res
+    check_training_and_exports(out, res.stdout)
+    check_stock_libraries_load_the_exports(out)
 
 
 def _eval_losses(run_dir: Path) -> list[float]:
@@ -29,11 +30,10 @@ def _eval_losses(run_dir: Path) -> list[float]:
     return [m["eval_loss"] for m in lines if "eval_loss" in m]
 
 
-def test_demo_trains_and_held_out_loss_falls(demo_run):
-    out, res = demo_run
+def check_training_and_exports(out: Path, stdout: str) -> None:
     losses = _eval_losses(out)
     assert losses[-1] < losses[0] - 0.05, losses
-    assert "held-out loss" in res.stdout
+    assert "held-out loss" in stdout
     exports = out / "exports"
     for name in ("adapter", "merged", "report", "spectrum_unfrozen_parameters.yaml"):
         assert (exports / name).exists(), name
@@ -41,11 +41,10 @@ def test_demo_trains_and_held_out_loss_falls(demo_run):
     assert any(c["strategy"] == "snr-reselect" for c in plan["history"])  # the rebalancer fired
 
 
-def test_stock_peft_and_transformers_load_the_exports(demo_run):
+def check_stock_libraries_load_the_exports(out: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out, _ = demo_run
     base_dir = json.loads((out / "exports" / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
     tok = AutoTokenizer.from_pretrained(out / "exports" / "merged")
     batch = tok(["In the beginning God created"], return_tensors="pt")

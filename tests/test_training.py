@@ -104,6 +104,17 @@ def test_existing_output_dir_refused_then_overwritten(tiny_model_dir, data_file,
     assert max(r["step"] for r in read_metrics(run.run_dir / "metrics.jsonl")) == 3
 
 
+def test_missing_data_section_is_refused_before_the_scan(tiny_model_dir, tmp_path):
+    """No data: the error comes before any weight is read (this model folder has no weights to scan)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns("*.safetensors"))
+    cfg = config_dict(model, tmp_path / "unused.txt", tmp_path / "run")
+    del cfg["data"]
+    with pytest.raises(InputError, match="the config has no data section") as err:
+        Pipeline.from_dict(cfg).train()
+    assert "add data:" in err.value.hint and not (tmp_path / "run").exists()
+
+
 def test_resume_with_changed_config_shows_difference(tiny_model_dir, data_file, tmp_path):
     _pipe(tiny_model_dir, data_file, tmp_path / "run", max_steps=2).train(make_plan(tiny_model_dir, active="top"))
     with pytest.raises(TrainingError, match="config differs") as err:

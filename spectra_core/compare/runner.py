@@ -20,6 +20,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,22 @@ class NotRecorded(LookupError):
     """A report-only compare needed a job that is not in ``results.jsonl`` yet."""
 
 
-class Compare:
-    """One compare: ``run()`` executes what is not in ``results.jsonl`` yet and writes the report."""
+class Interrupted(RuntimeError):
+    """A job whose subprocess was stopped because the compare itself was interrupted."""
 
-    def __init__(self, config: CompareConfig, out: Path, *, keep_runs: bool = False, report_only: bool = False) -> None:
+
+class Compare:
+    """One compare: ``run()`` executes what is not in ``results.jsonl`` yet and writes the report.
+
+    ``jobs`` subprocesses run at once (each with the config's ``threads``); a job's key and result do not
+    depend on it, only its measured step time does (the cells then share the machine)."""
+
+    def __init__(self, config: CompareConfig, out: Path, *, keep_runs: bool = False, report_only: bool = False,
+                 jobs: int = 1) -> None:
+        if jobs < 1:
+            raise ConfigError(f"jobs must be at least 1, got {jobs}", hint="pass --jobs 1 or more")
         self.config = config
+        self.jobs = jobs
         self.report_only = report_only  # never start a job: report only what results.jsonl holds
         self.out = Path(out)
         self.keep_runs = keep_runs
@@ -50,6 +63,9 @@ class Compare:
         self.splits: Splits | None = None
         self._budgets: dict[str, dict[str, Any]] = {}  # arm -> the solved allocator options overlay
         self.solved: dict[str, dict[str, Any]] = {}  # arm -> {target, parameters, knob, value}
+        self._running: set[subprocess.Popen] = set()  # job subprocesses, stopped when the compare is interrupted
+        self._stopping = False
+        self._lock = threading.Lock()
 
     # ----- setup -----------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -112,14 +128,19 @@ class Compare:
             spec_path.write_text(json.dumps(spec), encoding="utf-8")
             env = {**os.environ, "OMP_NUM_THREADS": str(self.config.threads), "TOKENIZERS_PARALLELISM": "false"}
             with open(log, "w", encoding="utf-8") as fh:
-                proc = subprocess.Popen([sys.executable, "-m", "spectra_core.compare.worker", str(spec_path),
-                                         str(result_path)], stdout=fh, stderr=subprocess.STDOUT, env=env)
+                with self._lock:
+                    if self._stopping:
+                        raise Interrupted(label)
+                    proc = subprocess.Popen([sys.executable, "-m", "spectra_core.compare.worker", str(spec_path),
+                                             str(result_path)], stdout=fh, stderr=subprocess.STDOUT, env=env)
+                    self._running.add(proc)
                 try:
                     code = proc.wait()
-                except BaseException:
-                    proc.terminate()
-                    proc.wait()
-                    raise
+                finally:
+                    with self._lock:
+                        self._running.discard(proc)
+            if self._stopping:
+                raise Interrupted(label)
             if code or not result_path.is_file():
                 tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
                 self.store.append(key, {"job": job, **meta}, error=tail)
@@ -151,6 +172,19 @@ class Compare:
         self._budgets[arm] = {"allocator": {"options": solved["options"]}}
         self.solved[arm] = {"target": target, **solved}
 
+    def _resolve_budgets(self, pool: ThreadPoolExecutor) -> None:
+        """Solve every arm's ``match``, in waves: the arms whose target is settled, their solves in parallel
+        (each target arm's parameters counted once first)."""
+        pending = [a for a, spec in self.config.arms.items() if spec.match is not None and a not in self._budgets]
+        while pending:
+            wave = [a for a in pending if self.config.arms[a].match not in pending]
+            if not wave:
+                self.resolve_budget(pending[0])  # every pending arm waits on another: raises the match-cycle error
+            targets = {self.config.arms[a].match for a in wave} - {None}
+            list(pool.map(self.parameters, [t for t in targets if isinstance(t, str)]))
+            list(pool.map(self.resolve_budget, wave))
+            pending = [a for a in pending if a not in wave]
+
     def _base_memory_job(self, arm: str) -> tuple[dict[str, Any], dict[str, Any], str]:
         cfg = self.cell_config(Cell(arm, 1e-3, self.config.budget.seeds[0]))
         resolved = load_config(data=cfg)
@@ -168,7 +202,8 @@ class Compare:
     # ----- cells -----------------------------------------------------------------------------------
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         config = self.cell_config(cell)
-        result = self._job("cell", config, cell.label, {"arm": cell.arm, "lr": cell.lr, "seed": cell.seed})
+        result = self._job("cell", config, cell.label, {"arm": cell.arm, "lr": cell.lr, "seed": cell.seed,
+                                                              "parallel_jobs": self.jobs})
         if not self.keep_runs:
             shutil.rmtree(config["output_dir"], ignore_errors=True)
         return result
@@ -222,32 +257,59 @@ class Compare:
                               hint="pass names from the compare config's arms")
         b = self.config.budget
         per_arm = len(b.learning_rates) * len(b.tune_seeds) + len([s for s in b.seeds if s not in b.tune_seeds])
-        for arm in self.config.arms:  # every arm: the report pairs and locates all of them
-            self.resolve_budget(arm)
-        done = sum(1 for arm in arms for c in self.cells(arm) if self.cell_result(c) is not None)
-        bar = tqdm(total=per_arm * len(arms), initial=done, desc="compare", unit="run", disable=not progress,
-                   dynamic_ncols=True)
-        failed: list[str] = []
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="compare-job")
         try:
+            self._resolve_budgets(pool)  # every arm: the report pairs and locates all of them
             for arm in arms:
                 self.base_memory(arm)
-                for _ in ("grid", "seeds at the chosen LR"):  # cells() grows once the grid has run
-                    for cell in self.cells(arm):
-                        if self.cell_result(cell) is not None:
-                            continue
-                        bar.set_postfix_str(cell.label)
-                        try:
-                            self.run_cell(cell)
-                        except JobFailed as exc:
-                            failed.append(cell.label)
-                            bar.write(str(exc))
-                        bar.update(1)
-                write_report(self)
+            done = sum(1 for arm in arms for c in self.cells(arm) if self.cell_result(c) is not None)
+            with tqdm(total=per_arm * len(arms), initial=done, desc="compare", unit="run", disable=not progress,
+                      dynamic_ncols=True) as bar:
+                failed = self._run_cells(arms, pool, bar)
+        except BaseException:
+            self._stop()
+            raise
         finally:
-            bar.close()
+            pool.shutdown(wait=True, cancel_futures=True)
         summary = write_report(self)
         if failed:
             raise JobFailed(f"{len(failed)} run(s) failed: {', '.join(failed)}",
                             hint=f"see {self.out / 'logs'}; rerun the same command to retry them "
                                  "(finished runs are kept)")
         return summary
+
+    def _run_cells(self, arms: list[str], pool: ThreadPoolExecutor, bar: Any) -> list[str]:
+        """Keep ``jobs`` cells running, arms in order (an arm's seeds become ready once its grid has chosen
+        the LR); the report is rewritten after each finished cell. Returns the failed cells' labels."""
+        from .report import write_report
+
+        running: dict[Future, Cell] = {}
+        started: set[Cell] = set()
+        failed: list[str] = []
+        while True:
+            ready = (c for arm in arms for c in self.cells(arm) if c not in started and self.cell_result(c) is None)
+            for cell in ready:
+                if len(running) >= self.jobs:
+                    break
+                started.add(cell)
+                running[pool.submit(self.run_cell, cell)] = cell
+            if not running:
+                return failed
+            bar.set_postfix_str(", ".join(c.label for c in running.values()))
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = running.pop(future)
+                try:
+                    future.result()
+                except JobFailed as exc:
+                    failed.append(cell.label)
+                    bar.write(str(exc))
+                bar.update(1)
+            write_report(self)
+
+    def _stop(self) -> None:
+        """Stop every running job subprocess (the compare was interrupted); their jobs record nothing."""
+        with self._lock:
+            self._stopping = True
+            for proc in self._running:
+                proc.terminate()

@@ -1,11 +1,13 @@
 """``results.jsonl``: one JSON object per finished job, appended and fsync'd as each one ends, so an
-interrupted compare resumes where it stopped. A torn last line (a kill mid-write) is ignored."""
+interrupted compare resumes where it stopped. A torn last line (a kill mid-write) is ignored. Jobs running
+in parallel threads append through one lock."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ class ResultStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
         if self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -37,6 +40,12 @@ class ResultStore:
         record = {"key": key, **meta, **({"result": result} if result is not None else {"error": error})}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(record) + "\n").encode()
+        with self._lock:
+            self._write(line)
+            if result is not None:
+                self.records[key] = record
+
+    def _write(self, line: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             if os.fstat(fd).st_size and not self._ends_with_newline():
@@ -45,8 +54,6 @@ class ResultStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if result is not None:
-            self.records[key] = record
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as fh:

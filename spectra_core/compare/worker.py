@@ -3,7 +3,8 @@
     python -m spectra_core.compare.worker SPEC.json RESULT.json
 
 ``SPEC.json`` holds ``{"job": "cell" | "base-memory" | "params", "config": RUN_CONFIG, ...}``; the result
-is written to ``RESULT.json`` (atomically) only when the job succeeds.
+is written to ``RESULT.json`` (atomically) only when the job succeeds. A worker whose compare process
+dies (even by SIGKILL) exits within seconds instead of training on for nobody.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -117,10 +119,24 @@ def run_params(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 JOBS = {"cell": run_cell, "base-memory": run_base_memory, "params": run_params}
+ORPHAN_EXIT = 3  # the exit status of a worker whose compare process died
+
+
+def exit_when_orphaned(interval_s: float = 1.0) -> None:
+    """Exit (status ``ORPHAN_EXIT``) as soon as this process's parent is gone: it is then re-parented."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(ORPHAN_EXIT)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
     spec_path, result_path = map(Path, argv)
+    exit_when_orphaned()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     import torch
 

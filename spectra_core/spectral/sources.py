@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from spectra_core.adapters import PEFT_PREFIX
 from spectra_core.errors import InputError
 from spectra_core.quantized import dense_weight, guard_bnb_cpu_repack
 
@@ -97,7 +98,8 @@ class EntrySource:
 
 
 # ----- safetensors ---------------------------------------------------------------------------------
-def _safetensors_files(path: Path) -> list[Path]:
+def safetensors_files(path: Path) -> list[Path]:
+    """The checkpoint's safetensors files: ``path`` itself, the shards its index names, or every file."""
     if path.is_file():
         return [path]
     index = path / "model.safetensors.index.json"
@@ -128,7 +130,7 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 def safetensors_source(path: Path, names: Iterable[str] | None = None) -> EntrySource:
     """A model directory (single or sharded via the index) or one ``.safetensors`` file."""
-    files = _safetensors_files(Path(path))
+    files = safetensors_files(Path(path))
     entries: list[Entry] = []
     for f in files:
         for info in read_header(f):
@@ -215,7 +217,6 @@ def _field(reader, key: str):
 
 
 # ----- in-memory models ----------------------------------------------------------------------------
-_PEFT_PREFIX = "base_model.model."
 _LORA_PART = re.compile(r"\.(lora_[A-Za-z_]+|base_layer)(\.|$)")
 
 
@@ -230,7 +231,7 @@ def module_source(model: torch.nn.Module, names: Iterable[str] | None = None,
     entries: list[Entry] = []
     stamp = []
     for raw_name, module in model.named_modules():
-        name = raw_name[len(_PEFT_PREFIX):] if raw_name.startswith(_PEFT_PREFIX) else raw_name
+        name = raw_name[len(PEFT_PREFIX):] if raw_name.startswith(PEFT_PREFIX) else raw_name
         if not name or _LORA_PART.search(name):
             continue
         base = getattr(module, "base_layer", None)
@@ -260,7 +261,7 @@ def module_source(model: torch.nn.Module, names: Iterable[str] | None = None,
 def _fused_experts(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of every 3-D float parameter (fused MoE experts), named as in the state dict."""
     for name, p in model.named_parameters():
-        name = name.removeprefix(_PEFT_PREFIX).replace(".base_layer", "")  # peft's ParamWrapper nests them
+        name = name.removeprefix(PEFT_PREFIX).replace(".base_layer", "")  # peft's ParamWrapper nests them
         if p.ndim == 3 and p.is_floating_point() and ".lora_" not in name:
             yield name, p
 

@@ -153,8 +153,6 @@ class Trainer:
 
     # ----- training ------------------------------------------------------------------------------
     def train(self, *, resume: bool = False, overwrite: bool = False) -> Run:
-        if self.config.data is None:
-            raise InputError("the config has no data section", hint="add data: {path: FILE} to the config")
         from transformers import AutoConfig, AutoTokenizer
 
         model_dir = self.pipeline.model_dir()
