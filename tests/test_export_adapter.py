@@ -48,6 +48,7 @@ def test_stock_peft_loads_export_with_trained_logits(fixture, tmp_path, live):
     assert json.loads((out / "plan.json").read_text()) == json.loads(fixture.plan.to_json())
     card = (out / "README.md").read_text()
     assert str(fixture.base_dir) in card and "export-fixture" in card and "self_attn.q_proj" in card
+    assert "- **LoRA init:** peft's default (A random, B = 0)" in card
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temp dir left beside it
 
 

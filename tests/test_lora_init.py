@@ -90,7 +90,7 @@ def test_loftq_all_inactive_arm_trains_and_merges_with_the_frozen_corrections(ti
     from transformers import AutoModelForCausalLM
 
     cfg = config_dict(tiny_model_dir, data_file, tmp_path / "run", max_steps=3)
-    cfg.update(quantizer=NF4, exporters=[{"name": "merged"}])
+    cfg.update(quantizer=NF4, exporters=[{"name": "merged"}, {"name": "peft-adapter"}])
     cfg["allocator"]["options"].update(mode="all-inactive", alpha=4, lora_init={"name": "loftq"})
     pipe = Pipeline.from_dict(cfg)
     run = pipe.train()
@@ -99,7 +99,10 @@ def test_loftq_all_inactive_arm_trains_and_merges_with_the_frozen_corrections(ti
     final = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
     for name in frozen:  # frozen LoRAs hold their LoftQ correction, saved with the adapter
         assert final[f"base_model.model.{name}.lora_B.weight"].abs().max() > 0
-    merged_dir = pipe.export(Run.load(tmp_path / "run"))["merged"]
+    exports = pipe.export(Run.load(tmp_path / "run"))
+    merged_dir = exports["merged"]
+    card = (exports["peft-adapter"] / "README.md").read_text()
+    assert "- **LoRA init:** peft LoftQ: every adapted module, frozen ones too" in card
     ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
     stock = PeftModel.from_pretrained(_nf4_base(tiny_model_dir), tmp_path / "run" / "final").eval()
     want = _logits(stock, ids)

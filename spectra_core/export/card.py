@@ -95,6 +95,18 @@ def load_snippet(run: RunArtifacts, base: BaseModelInfo, adapter: Path) -> list[
     return lines
 
 
+def init_line(plan: AdapterPlan) -> str:
+    """How the LoRA weights started: what a user needs to know before reusing or re-initialising them."""
+    init = plan.init
+    if init.name == "eva":
+        return (f"peft EVA: each A from the SVD of the module's input activations on {init.batches} training "
+                "batches, ranks redistributed by explained variance (the ranks above are the result)")
+    if init.name == "loftq":
+        return ("peft LoftQ: every adapted module, frozen ones too, started as the rank-r correction of its 4-bit "
+                "quantization error, and the adapter stores those corrections: load it whole, on the 4-bit base")
+    return "peft's default (A random, B = 0)"
+
+
 def strategies_yaml(config: Any) -> str:
     """The run config's strategy sections (name and every option, defaults included) as YAML."""
     import yaml
@@ -141,6 +153,7 @@ def model_card(run: RunArtifacts, destination: Path, stored_parameters: int, *,
         f"- **Trainable parameters:** {plan.trainable_parameters():,} "
         f"({stored_parameters:,} stored; shared groups are stored once per member)",
         f"- **rsLoRA:** {'yes' if plan.use_rslora else 'no'}",
+        f"- **LoRA init:** {init_line(plan)}",
     ]
     if groups:
         lines.append(f"- **Groups (shared LoRA):** {len(groups)}; members listed in `spectra_groups.json`")
