@@ -133,9 +133,9 @@ def load(base: torch.nn.Module, directory: Any, plan: AdapterPlan) -> Any:
 
 def quantize_wrapped_experts(model: torch.nn.Module) -> None:
     """On a bitsandbytes 4-bit base, quantize the fused expert tensors now that peft has wrapped them
-    (:func:`spectra_core.builtins.coverage.quantize_bnb_experts`), and hook the wrappers around peft's
+    (:func:`spectra_core.quant_coverage.quantize_bnb_experts`), and hook the wrappers around peft's
     handling of parametrized experts (:func:`drop_stale_factor_proxies`)."""
-    from .builtins.coverage import bnb_4bit_config, quantize_bnb_experts
+    from .quant_coverage import bnb_4bit_config, quantize_bnb_experts
 
     config = bnb_4bit_config(model.get_base_model())
     if config is not None and quantize_bnb_experts(model, config):

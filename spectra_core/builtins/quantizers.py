@@ -22,7 +22,7 @@ from spectra_core.automodel import load_pretrained
 from spectra_core.quantized import guard_bnb_cpu_repack
 from spectra_core.strategies import Quantizer, StrategyOptions
 
-from .coverage import plain_linears, quantize_bnb_subclasses
+from spectra_core.quant_coverage import plain_linears, quantize_bnb_subclasses
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
@@ -78,7 +78,7 @@ class BnbNF4Quantizer(Quantizer):
     """bitsandbytes 4-bit NF4 with double quantization (QLoRA)."""
 
     name = "bnb-nf4"
-    quantizes_experts = True  # fused 3-D MoE experts too, once wrapped by peft (see coverage.quantize_bnb_experts)
+    quantizes_experts = True  # fused 3-D MoE experts too, once wrapped by peft (see quant_coverage.quantize_bnb_experts)
     keeps_fp32_modules = True  # transformers' bitsandbytes loading leaves the model's _keep_in_fp32_modules in float
 
     class Options(StrategyOptions):

@@ -71,7 +71,7 @@ def dequantized_base(run: RunArtifacts) -> Any:
     """The base as the run's quantizer loads it, with every quantized weight dequantized to float32."""
     import torch
 
-    from spectra_core.builtins.coverage import dequantize_experts, quantize_bnb_experts, restore_conv1d
+    from spectra_core.quant_coverage import dequantize_experts, quantize_bnb_experts, restore_conv1d
     from spectra_core.registry import get_registry
     from spectra_core.targets import meta_model
 
