@@ -180,8 +180,8 @@ class Compare:
             wave = [a for a in pending if self.config.arms[a].match not in pending]
             if not wave:
                 self.resolve_budget(pending[0])  # every pending arm waits on another: raises the match-cycle error
-            targets = {self.config.arms[a].match for a in wave} - {None}
-            list(pool.map(self.parameters, [t for t in targets if isinstance(t, str)]))
+            targets = {m for a in wave if isinstance(m := self.config.arms[a].match, str)}  # arm names, not counts
+            list(pool.map(self.parameters, targets))
             list(pool.map(self.resolve_budget, wave))
             pending = [a for a in pending if a not in wave]
 
