@@ -12,7 +12,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from train_fixtures import assert_resumes_bitwise, config_dict, make_plan, tiny_model_dir, write_text  # noqa: F401
 
-from spectra_core.errors import ConfigError
+from spectra_core import deactivate
+from spectra_core.errors import ConfigError, PluginError
 from spectra_core.pipeline import Pipeline
 from spectra_core.plan import LoraInit
 from spectra_core.registry import get_registry
@@ -20,6 +21,7 @@ from spectra_core.run import Run
 from spectra_core.quantized import dense_weight
 from spectra_core.spectral.sources import safetensors_source
 from spectra_core.adapters import lora_layers
+from spectra_core.training.apply import apply_changes
 from spectra_core.training.modeling import build_peft_model
 
 NF4 = {"name": "bnb-nf4", "options": {"compute_dtype": "float32"}}
@@ -79,6 +81,24 @@ def test_loftq_needs_scaling_one_and_a_4bit_base_and_no_init_survives_tying(tiny
         build_peft_model(get_registry().create("quantizer", "none").load(tiny_model_dir), _loftq_plan(tiny_model_dir),
                          model_dir=tiny_model_dir)
     assert not (tmp_path / "run").exists()
+
+
+def test_dropping_a_loftq_correction_is_refused_by_the_config_and_by_the_core(tiny_model_dir, data_file, tmp_path):
+    cfg = config_dict(tiny_model_dir, data_file, tmp_path / "run")
+    cfg.update(quantizer=NF4, rebalancer={"name": "snr-reselect", "options": {"on_deactivate": "drop"}})
+    cfg["allocator"]["options"].update(mode="all-inactive", alpha=4, lora_init={"name": "loftq"})
+    with pytest.raises(ConfigError, match="would zero the LoftQ correction") as info:
+        Pipeline.from_dict(cfg).plan()
+    assert "on_deactivate: keep" in info.value.hint
+    assert not (tmp_path / "run").exists()
+    plan = _loftq_plan(tiny_model_dir)
+    model = build_peft_model(_nf4_base(tiny_model_dir), plan, model_dir=tiny_model_dir)
+    name = next(m.name for m in plan.modules.values() if m.active)
+    before = lora_layers(model)[name].lora_B["default"].weight.detach().clone()
+    with pytest.raises(PluginError, match="zeroes B, and with it the module's LoftQ correction"):
+        apply_changes(model, plan, [deactivate(name, "test", on_deactivate="drop")], strategy="test", step=1)
+    assert plan.modules[name].active and not plan.history
+    assert torch.equal(lora_layers(model)[name].lora_B["default"].weight, before)
 
 
 def _logits(model, ids):

@@ -92,6 +92,9 @@ def _module_problems(plan: AdapterPlan, layers: dict[str, torch.nn.Module], c: M
     if (c.active or resizing) and layer is None:
         out.append(f"{c.module}: carries no LoRA (plan mode {plan.mode!r}), so it cannot be activated or resized; "
                    "a rebalancer that switches modules on needs mode all-inactive")
+    if c.active is False and entry.active and c.on_deactivate == "drop" and plan.init.name == "loftq":
+        out.append(f"{c.module}: on_deactivate 'drop' zeroes B, and with it the module's LoftQ correction of the "
+                   "4-bit error (the plan's lora_init is loftq); deactivate it with 'keep' instead")
     if resizing and layer is not None:
         if entry.group is not None:
             out.append(f"{c.module}: resize of a module in group {entry.group!r}; untie it first")

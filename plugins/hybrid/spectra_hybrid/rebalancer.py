@@ -20,12 +20,17 @@ class SnrReselect(RescoringRebalancer):
     class Options(RescoringRebalancer.Options):
         on_deactivate: Literal["keep", "drop"] = Field(
             default="keep",
-            description="keep: a deactivated module keeps its learned update, frozen; drop: zero it.")
+            description="keep: a deactivated module keeps its learned update, frozen; drop: zero it "
+                        "(refused with lora_init loftq, whose B holds the 4-bit error correction).")
 
     def check_plan(self, plan: AdapterPlan) -> None:
         if plan.mode != "all-inactive":
             raise ConfigError(f"rebalancer snr-reselect needs LoRA in every target module; the plan's mode is "
                               f"{plan.mode!r}", hint="set allocator.options.mode: all-inactive (method: hybrid does)")
+        if self.options.on_deactivate == "drop" and plan.init.name == "loftq":
+            raise ConfigError("rebalancer snr-reselect with on_deactivate 'drop' would zero the LoftQ correction of "
+                              "every module it deactivates (the plan's lora_init is loftq)",
+                              hint="set rebalancer.options.on_deactivate: keep")
 
     def rebalance(self, session: TrainingSession) -> list[Change]:
         plan = session.plan
