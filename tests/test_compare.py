@@ -75,9 +75,13 @@ def test_compare_writes_table_plot_and_json(finished):
         assert row["lr"] == float(min(grid, key=grid.get))  # chosen on the validation loss
     lower = summary["rows"][1]
     assert lower["vs_reference"][2] == 2  # paired over both seeds
+    pairs = summary["paired"]  # every arm against every other, the same pairing as the reference column
+    assert pairs["all-lower"]["half"] == pytest.approx(lower["vs_reference"])
+    assert pairs["half"]["all-lower"][0] == pytest.approx(-lower["vs_reference"][0])
     assert len(cell_records(out)) == 6  # (2 LRs on seed 0 + seed 1 at the chosen LR) × 2 arms
     table = (out / "table.md").read_text()
     assert "| half |" in table and "| all-lower |" in table and "Δ vs half (paired)" in table
+    assert "| row − column | half | all-lower |" in table
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "| half |" in res.stdout
 

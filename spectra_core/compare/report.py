@@ -41,6 +41,7 @@ def arm_row(compare: Any, arm: str, reference: dict[int, float] | None, base_pea
     if not runs:
         return row
     losses = {s: r["heldout_loss"] for s, r in runs.items()}
+    row["heldout_by_seed"] = losses
     row["loss"], row["loss_std"] = mean_std(list(losses.values()))
     row["start"] = statistics.fmean(r["heldout_loss_start"] for r in runs.values())
     if reference is not None:
@@ -75,6 +76,39 @@ def summarize(compare: Any) -> list[dict[str, Any]]:
         rows.append(arm_row(compare, arm, None if arm == ref_name else reference,
                             memory["peak_rss_mib"] if memory else None))
     return rows
+
+
+def paired(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float] | None]]:
+    """``[mean, sd, n]`` of row − column held-out loss over their shared seeds, for every pair of arms
+    with results (None where they share no seed); negative: the row arm is better."""
+    done = [r for r in rows if "loss" in r]
+    out: dict[str, dict[str, list[float] | None]] = {}
+    for a in done:
+        out[a["arm"]] = {}
+        for b in done:
+            if a is b:
+                continue
+            diffs = [a["heldout_by_seed"][s] - b["heldout_by_seed"][s]
+                     for s in a["heldout_by_seed"] if s in b["heldout_by_seed"]]
+            out[a["arm"]][b["arm"]] = [*mean_std(diffs), len(diffs)] if diffs else None
+    return out
+
+
+def paired_markdown(matrix: dict[str, dict[str, list[float] | None]]) -> str:
+    """The paired differences as a table; bold where |mean| exceeds 2 paired standard deviations."""
+    arms = list(matrix)
+    lines = ["| row − column | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+    for a in arms:
+        cells = []
+        for b in arms:
+            d = matrix[a].get(b)
+            if a == b or d is None:
+                cells.append("–")
+                continue
+            text = _pm(d[0], d[1], "{:+.3f}") + (f" ({int(d[2])})" if d[2] < 3 else "")
+            cells.append(f"**{text}**" if not math.isnan(d[1]) and abs(d[0]) > 2 * d[1] else text)
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _pm(mean: float, sd: float, fmt: str = "{:.4f}") -> str:
@@ -162,9 +196,13 @@ def write_report(compare: Any) -> dict[str, Any]:
     rows = summarize(compare)
     setup = setup_line(compare, rows)
     table = markdown(rows, compare.config.reference)
-    summary = {"setup": setup, "reference": compare.config.reference, "rows": rows,
+    matrix = paired(rows)
+    summary = {"setup": setup, "reference": compare.config.reference, "rows": rows, "paired": matrix,
                "complete": all(len(r["seeds"]) + len(r["diverged_seeds"]) == r["seeds_planned"] for r in rows)}
     write_text(compare.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text(compare.out / "table.md", f"{setup}.\n\n{table}\n")
+    pairs = (f"\n\nPaired held-out loss difference, row arm − column arm, mean ± sd over their shared seeds "
+             f"(negative: the row arm is better; bold: |mean| > 2 sd; a seed count in brackets when under 3):"
+             f"\n\n{paired_markdown(matrix)}") if len(matrix) > 1 else ""
+    write_text(compare.out / "table.md", f"{setup}.\n\n{table}{pairs}\n")
     plot(rows, compare.out / "pareto.png", setup)
     return summary
