@@ -164,15 +164,18 @@ def setup_line(compare: Any, rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Held-out loss (± sd over seeds) vs trainable parameters (log) and vs median step time."""
+    """Held-out loss (± sd over seeds) vs trainable parameters (log when they span 10×) and vs median step time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     done = [r for r in rows if "loss" in r]
+    params = [r["trainable_parameters"] for r in done]
+    wide = bool(params) and max(params) >= 10 * min(params)  # log scale only when the budgets differ a lot
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=110, sharey=True)
-    for ax, key, label in ((axes[0], "trainable_parameters", "trainable parameters (log scale)"),
+    for ax, key, label in ((axes[0], "trainable_parameters", "trainable parameters" + (" (log scale)" if wide else "")),
                            (axes[1], "step_time_s", "median seconds per step")):
         for r in done:
             sd = 0.0 if math.isnan(r["loss_std"]) else r["loss_std"]
@@ -180,7 +183,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             ax.annotate(r["arm"], (r[key], r["loss"]), xytext=(4, 4), textcoords="offset points", fontsize=7)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_xscale("log")
+    if wide:
+        axes[0].set_xscale("log")
+    else:
+        axes[0].xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:.3g} M"))
     axes[0].set_ylabel("held-out loss per token (lower is better)")
     fig.suptitle(textwrap.fill(title, 140), fontsize=7)
     fig.tight_layout()
