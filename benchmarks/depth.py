@@ -14,7 +14,7 @@ Each (arm, seed) runs in its own subprocess with one torch thread. Measured: med
 the quantizer loads the base; peak minus the RSS at that moment), held-out loss after training. Prints
 the issue-14 ratios with the load average; writes JSON with ``--out``.
 
-    python benchmarks/depth.py --steps 60 --out benchmarks/depth-results.json
+    python benchmarks/depth.py --steps 40 --length 64 --eval-batches 8 --out benchmarks/depth-results.json
 """
 
 from __future__ import annotations
