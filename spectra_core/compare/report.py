@@ -102,7 +102,7 @@ def paired_markdown(matrix: dict[str, dict[str, list[float] | None]]) -> str:
         cells = []
         for b in arms:
             d = matrix[a].get(b)
-            if a == b or d is None:
+            if d is None:  # the diagonal, or no shared seed
                 cells.append("–")
                 continue
             text = _pm(d[0], d[1], "{:+.3f}") + (f" ({int(d[2])})" if d[2] < 3 else "")
