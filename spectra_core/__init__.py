@@ -6,7 +6,8 @@ rebalancers propose (:mod:`spectra_core.changes`), and peft's own target matchin
 preparation for strategies that reproduce plain-peft baselines or load a base. Nothing else is promised to stay stable.
 """
 
-from .adapters import AdapterHandle, kappatune_order, peft_matches, prepare_for_kbit_training
+from typing import TYPE_CHECKING
+
 from .changes import Change, ModuleChange, Tie, Untie, activate, annotate, deactivate, resize
 from .hookspecs import hookimpl
 from .plan import AdapterPlan, LoraInit, ModulePlan, PlanChange
@@ -30,7 +31,12 @@ from .strategies import (
     WeightSource,
 )
 
+if TYPE_CHECKING:
+    from .adapters import AdapterHandle, kappatune_order, peft_matches, prepare_for_kbit_training
+
 __version__ = "0.1.0"
+
+_FROM_ADAPTERS = ("AdapterHandle", "kappatune_order", "peft_matches", "prepare_for_kbit_training")
 
 __all__ = [
     "AdapterHandle", "AdapterPlan", "Allocator", "CalibratedScorer", "Change", "Exporter", "GradientMerger",
@@ -40,3 +46,13 @@ __all__ = [
     "kappatune_order", "peft_matches", "prepare_for_kbit_training", "resize",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The torch-bound part of the API, imported on first use: the CLI's help and a config file's own
+    errors then answer without loading torch (seconds per call)."""
+    if name in _FROM_ADAPTERS:
+        from . import adapters
+
+        return getattr(adapters, name)
+    raise AttributeError(f"module 'spectra_core' has no attribute {name!r}")

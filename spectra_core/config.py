@@ -348,7 +348,6 @@ def format_validation_error(exc: ValidationError, data: dict[str, Any], node: ya
 def load_config(path: Path | None = None, *, data: dict[str, Any] | None = None, overrides: list[str] = (),
                 registry: Registry | None = None) -> BaseModel:
     """Read, fill method defaults, apply overrides, validate. Raises ConfigError listing every problem."""
-    registry = registry or get_registry()
     node = None
     if path is not None:
         data, node = read_yaml(Path(path))
@@ -356,6 +355,7 @@ def load_config(path: Path | None = None, *, data: dict[str, Any] | None = None,
     else:
         base_dir = Path.cwd()
     data = apply_overrides(data or {}, list(overrides))
+    registry = registry or get_registry()  # after the file's own errors: loading the plugins imports torch
     full = apply_method(data, registry, str(path or "config"), node)
     _resolve_relative_paths(full, base_dir)
     try:

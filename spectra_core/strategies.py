@@ -13,7 +13,6 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .changes import Change
@@ -21,6 +20,7 @@ from .plan import AdapterPlan
 from .scores import Scores
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel
 
     from .adapters import AdapterHandle

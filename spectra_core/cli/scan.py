@@ -18,9 +18,6 @@ from spectra_core.errors import ConfigError, InputError
 from spectra_core.scores import Scores
 from spectra_core.spectral.formats import load_scores, to_flat, unfrozen_yaml
 from spectra_core.spectral import phases
-from spectra_core.spectral.heatmap import write_heatmap
-from spectra_core.spectral.scan import run_scan
-from spectra_core.target_scan import checkpoint_source
 from spectra_core.spectral.selection import (Selection, check_percent, lora_target_regex, lora_targets,
                                              reference_order, top_percent)
 
@@ -105,6 +102,10 @@ def scan(
 ) -> None:
     """Score every weight matrix; write scores.json, snr_results.json, the YAML, selection.json, heatmap.png
     (together: they appear in --out at once, replacing an earlier scan there, or not at all)."""
+    from spectra_core.spectral.heatmap import write_heatmap
+    from spectra_core.spectral.scan import run_scan
+    from spectra_core.target_scan import checkpoint_source
+
     check_percent(percent)
     out = out or Path("scans") / _slug(model)
     check_scan_dir(out)

@@ -31,11 +31,12 @@ def plan_cmd(
 ) -> None:
     """Show what would be adapted (per module type), trainable parameters and estimated memory. Trains nothing."""
     from spectra_core.pipeline import Pipeline
-    from spectra_core.training.memory import estimate_memory
 
     if out is not None:
         check_output_file(out, "--out")
     pipe = Pipeline.from_yaml(config, overrides=overrides or [])
+    from spectra_core.training.memory import estimate_memory  # torch-bound: after the config's own errors
+
     plan = pipe.plan()
     before = plan.trainable_parameters()
     if calibrate:
@@ -158,16 +159,17 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in output_dir."),
 ) -> None:
     """Scan, plan, train and export. Prints held-out loss before/after and where everything went."""
-    from spectra_core.data import check_data_source
     from spectra_core.pipeline import Pipeline
     from spectra_core.rundir import check_flags, check_output_dir, recover
-    from spectra_core.training.trainer import TrainingInterrupted
-
-    from .summary import train_summary
 
     started = time.perf_counter()
     check_flags(resume=resume, overwrite=overwrite)
     pipe = Pipeline.from_yaml(config, overrides=overrides or [])
+    from spectra_core.data import check_data_source  # torch-bound: after the config's own errors
+    from spectra_core.training.trainer import TrainingInterrupted
+
+    from .summary import train_summary
+
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         recover(pipe.output_dir)
     check_output_dir(pipe.output_dir, resume=resume, overwrite=overwrite)
