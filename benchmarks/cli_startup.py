@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_load import load_average  # noqa: E402
+from common import ROOT
+from machine_load import load_average
 
-ROOT = Path(__file__).resolve().parent.parent
 SPECTRA = [sys.executable, "-m", "spectra_core"]
 
 
